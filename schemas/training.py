@@ -78,8 +78,7 @@ class LoadResult:
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            yield lineno, raw
+        yield from enumerate(fh, start=1)
 
 
 def parse_row(raw: bytes) -> TrainingRow:
@@ -97,9 +96,7 @@ def parse_row(raw: bytes) -> TrainingRow:
     try:
         return TrainingRow.model_validate(obj)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'row'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'row'}: {err['msg']}" for err in exc.errors())
         raise ValueError(problems) from None
 
 

@@ -74,9 +74,14 @@ class Reader:
 
         self.topics = topics
         self.consumer = KafkaConsumer(
-            topics["output"], topics["dlq"], bootstrap_servers=bootstrap,
-            group_id=f"demo-reader-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest",
-            enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=1000,
+            topics["output"],
+            topics["dlq"],
+            bootstrap_servers=bootstrap,
+            group_id=f"demo-reader-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
             consumer_timeout_ms=300,
         )
 
@@ -99,16 +104,16 @@ class Reader:
         self.consumer.close()
 
 
-def stream(bootstrap: str, reader: Reader, products: list[dict[str, str]], malformed: list[bytes],
-           timeout_s: float) -> tuple[list[dict], list[dict], float]:
+def stream(
+    bootstrap: str, reader: Reader, products: list[dict[str, str]], malformed: list[bytes], timeout_s: float
+) -> tuple[list[dict], list[dict], float]:
     """Produce products (+ malformed); return their tag events, dead letters and the seconds it took."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=262144)
     started = time.monotonic()
     for product in products:
-        producer.send(reader.topics["input"], key=product["product_id"].encode(),
-                      value=json.dumps(product).encode())
+        producer.send(reader.topics["input"], key=product["product_id"].encode(), value=json.dumps(product).encode())
     for raw in malformed:
         producer.send(reader.topics["input"], key=b"malformed", value=raw)
     producer.flush(timeout=30)
@@ -174,15 +179,19 @@ def main(argv: list[str] | None = None) -> int:
             print_events(products, events, args.show)
             fresh = sum(not e["cached"] for e in events)
             kinds = sorted({d.get("error_kind", "?") for d in dead})
-            print(f"\n   {len(events)} tag events ({fresh} inferred) in {secs:.1f}s"
-                  f" = {len(events) / secs:.0f} events/s; {len(dead)} dead letters: {kinds}")
+            print(
+                f"\n   {len(events)} tag events ({fresh} inferred) in {secs:.1f}s"
+                f" = {len(events) / secs:.0f} events/s; {len(dead)} dead letters: {kinds}"
+            )
 
             print("== 4/4 replaying the same products: served from the Redis cache")
             replayed, _, secs2 = stream(broker.url, reader, products, [], timeout_s=120)
             reader.close()
             hits = sum(e["cached"] for e in replayed)
-            print(f"   {len(replayed)} tag events, {hits} cache hits ({hits / max(1, len(replayed)):.0%})"
-                  f" in {secs2:.1f}s = {len(replayed) / secs2:.0f} events/s")
+            print(
+                f"   {len(replayed)} tag events, {hits} cache hits ({hits / max(1, len(replayed)):.0%})"
+                f" in {secs2:.1f}s = {len(replayed) / secs2:.0f} events/s"
+            )
         finally:
             worker.send_signal(signal.SIGTERM)
             try:

@@ -13,6 +13,7 @@ import sys
 
 # subcommand -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "split": ("exporter.data", "split a labelled JSONL file into train/test by id hash"),
     "train": ("exporter.train", "fine-tune a pretrained encoder into a multi-label tagger"),
     "export": ("exporter.export", "export a trained run to a validated ONNX model artifact"),
     "evaluate": ("exporter.evaluate", "P/R/F1 of a model artifact (and a TF-IDF baseline)"),
@@ -51,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(args._missing, file=sys.stderr)
         return 2
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args._run(args) or 0)
 
 

@@ -1,0 +1,221 @@
+"""`tagger train`: fine-tune a pretrained encoder into a multi-label tagger within a time budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from exporter.base_models import DEFAULT_BASE, resolve_base_model
+from exporter.data import split, write_rows
+from exporter.metrics import binarize, choose_thresholds, report
+from exporter.model import Tagger
+from schemas.training import TrainingRow, facet_of, load_rows
+from worker.engine import compose_text
+
+log = logging.getLogger(__name__)
+VAL_SALT = "val"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path, help="training JSONL (id, title, description?, tags)")
+    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--base-model", default=DEFAULT_BASE, help=f"short name or local HF dir (default {DEFAULT_BASE})")
+    p.add_argument("--epochs", type=float, default=3.0, help="passes over the training split (default 3)")
+    p.add_argument("--max-minutes", type=float, default=20.0, help="wall-clock budget for training (default 20)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (exact reproduction of a run)")
+    p.add_argument("--min-tag-count", type=int, default=5, help="tags seen fewer times are not learned (default 5)")
+    p.add_argument("--seed", type=int, default=13, help="seed for init, shuffling and dropout (default 13)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate (default 1e-4)")
+    p.add_argument("--head-lr", type=float, default=3e-3, help="classifier head learning rate (default 3e-3)")
+    p.add_argument("--max-seq-len", type=int, default=64, help="tokens per item (default 64)")
+    p.add_argument("--val-percent", type=int, default=10, help="validation share by id hash (default 10)")
+    p.add_argument(
+        "--train-embeddings",
+        action="store_true",
+        help="also fine-tune the word embeddings (default: frozen; faster steps, less overfitting)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+
+
+def build_labels(rows: Sequence[TrainingRow], min_count: int) -> list[str]:
+    counts = Counter(t for r in rows for t in r.tags)
+    return sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (facet_of(t), t))
+
+
+def _pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), longest), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return input_ids, mask
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of similar length: shuffle, sort within windows of 50 batches, shuffle the
+    batches. Padding, not compute, dominated steps when a description sat beside short titles."""
+    perm = torch.randperm(len(lengths), generator=gen)
+    window = batch_size * 50
+    batches: list[torch.Tensor] = []
+    for start in range(0, len(perm), window):
+        chunk = perm[start : start + window]
+        chunk = chunk[torch.argsort(torch.tensor([lengths[i] for i in chunk.tolist()]), stable=True)]
+        batches.extend(chunk.split(batch_size))
+    order = torch.randperm(len(batches), generator=gen)
+    return [batches[i] for i in order.tolist()]
+
+
+@torch.no_grad()
+def score(model: Tagger, ids: list[list[int]], pad_id: int, batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), model.head.out_features), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        input_ids, mask = _pad([ids[i] for i in chunk], pad_id)
+        out[chunk] = torch.sigmoid(model(input_ids, mask)).numpy()
+    return out
+
+
+def train(args: argparse.Namespace) -> dict[str, object]:
+    started = time.monotonic()
+    budget_s = args.max_minutes * 60
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    loaded = load_rows(args.data)
+    if loaded.errors:
+        print(f"{args.data}: {loaded.summary}; first: {loaded.errors[0]}")
+    train_rows, val_rows = split(loaded.rows, args.val_percent, salt=VAL_SALT)
+    if not train_rows or not val_rows:
+        raise SystemExit(f"need both training and validation rows; got {len(train_rows)} / {len(val_rows)}")
+    labels = build_labels(train_rows, args.min_tag_count)
+    if not labels:
+        raise SystemExit(f"no tag occurs at least {args.min_tag_count} times; lower --min-tag-count")
+    log.info("%d train / %d validation rows, %d labels", len(train_rows), len(val_rows), len(labels))
+
+    base_dir = resolve_base_model(args.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    pad_id = tokenizer.pad_token_id or 0
+
+    def encode(rows: Sequence[TrainingRow]) -> list[list[int]]:
+        texts = [compose_text(r.title, r.description) for r in rows]
+        return tokenizer(texts, truncation=True, max_length=args.max_seq_len)["input_ids"]
+
+    train_ids, val_ids = encode(train_rows), encode(val_rows)
+    train_lengths = [len(x) for x in train_ids]
+    y_train = torch.tensor(binarize([r.tags for r in train_rows], labels), dtype=torch.float32)
+    y_val = binarize([r.tags for r in val_rows], labels)
+
+    model = Tagger.from_base(base_dir, len(labels))
+    prior = y_train.mean(0).clamp(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        model.head.bias.copy_(torch.log(prior / (1 - prior)))
+    if not args.train_embeddings:
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": args.lr},
+            {"params": model.head.parameters(), "lr": args.head_lr},
+        ],
+        weight_decay=0.01,
+    )
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    steps_per_epoch = math.ceil(len(train_ids) / args.batch_size)
+    total_steps = max(1, int(args.epochs * steps_per_epoch))
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    warmup = max(1, total_steps // 20)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    gen = torch.Generator().manual_seed(args.seed)
+
+    step, seen, last_log, planned = 0, 0, time.monotonic(), False
+    train_started = time.monotonic()
+    model.train()
+    while step < total_steps:
+        for batch in length_grouped_batches(train_lengths, args.batch_size, gen):
+            if step >= total_steps:
+                break
+            lr_scale = min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
+            for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                g["lr"] = base * lr_scale
+            input_ids, mask = _pad([train_ids[i] for i in batch.tolist()], pad_id)
+            loss = loss_fn(model(input_ids, mask), y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            seen += len(batch)
+            elapsed = time.monotonic() - train_started
+            if not planned and step == 20 and not args.max_steps:
+                # Fit the schedule to the budget once, so the LR decays to zero when time runs out.
+                reserve = 0.08 * budget_s  # validation scoring, thresholds, saving
+                affordable = int((budget_s - reserve - (time.monotonic() - started)) / (elapsed / step)) + step
+                if affordable < total_steps:
+                    log.info("budget allows %d of %d planned steps", affordable, total_steps)
+                    total_steps = max(step + 1, affordable)
+                    warmup = min(warmup, max(1, total_steps // 20))
+                planned = True
+            if time.monotonic() - last_log > 15 or step == total_steps:
+                rate = seen / elapsed
+                eta = (total_steps - step) * elapsed / step
+                print(
+                    f"step {step}/{total_steps} epoch {seen / len(train_ids):.2f} loss {loss.item():.4f} "
+                    f"{rate:.0f} items/s ETA {eta / 60:.1f} min",
+                    flush=True,
+                )
+                last_log = time.monotonic()
+            if time.monotonic() - started > budget_s:
+                log.warning("time budget reached at step %d", step)
+                total_steps = step
+                break
+
+    val_scores = score(model, val_ids, pad_id)
+    strategy, thresholds, comparison = choose_thresholds(val_scores, y_val, labels, seed=args.seed)
+    val_pred = [[labels[j] for j in np.nonzero(row >= thresholds)[0]] for row in val_scores]
+    val_report = report([r.tags for r in val_rows], val_pred)
+    meta: dict[str, object] = {
+        "base_model": args.base_model,
+        "labels": labels,
+        "thresholds": [float(t) for t in thresholds],
+        "threshold_strategy": strategy,
+        "threshold_comparison_micro_f1": comparison,
+        "max_seq_len": args.max_seq_len,
+        "pad_token_id": pad_id,
+        "seed": args.seed,
+        "steps": step,
+        "epochs_done": round(seen / len(train_ids), 3),
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "bad_rows": len(loaded.errors),
+        "train_seconds": round(time.monotonic() - train_started, 1),
+        "validation": val_report,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save(args.out, meta)
+    tokenizer.save_pretrained(args.out / "encoder")
+    write_rows(args.out / "val.jsonl", val_rows)
+    print(json.dumps({k: meta[k] for k in ("steps", "epochs_done", "threshold_strategy", "validation")}))
+    return meta
+
+
+def run(args: argparse.Namespace) -> int:
+    train(args)
+    return 0

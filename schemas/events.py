@@ -1,0 +1,91 @@
+"""Event contracts shared by catalog producers, the worker and tag subscribers (JSON on the wire).
+
+JSON Schemas of these models live in `schemas/json/` (regenerate with `python -m schemas.events`;
+a test keeps them in sync).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PRODUCT_ID_CHARS = 256
+MAX_TITLE_CHARS = 2_000
+MAX_DESCRIPTION_CHARS = 20_000
+
+DeadLetterReason = Literal[
+    "too_large", "not_utf8", "not_json", "not_object", "schema", "empty_title", "oversized_field"
+]
+
+
+class ProductEvent(BaseModel):
+    """A new or changed product, published by catalog ingestion to `products.new`.
+    Extra fields are allowed and ignored; text sizes are bounded."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra={"additionalProperties": True})
+
+    product_id: str = Field(min_length=1, max_length=MAX_PRODUCT_ID_CHARS, description="Catalog product id.")
+    title: str = Field(max_length=MAX_TITLE_CHARS, description="Product title; must not be blank.")
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS, description="Optional description.")
+
+
+class TagScore(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    tag: str = Field(description="`facet:value`, e.g. `category:Clothing` or `brand:Alisha`.")
+    score: float = Field(ge=0.0, le=1.0, description="Model probability (only tags over threshold are sent).")
+
+
+class TagEvent(BaseModel):
+    """Tags of one product, published to `products.tags` keyed by product id."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    event_id: str = Field(description="Deterministic: same product id, content and model version -> same id.")
+    product_id: str
+    tags: list[TagScore] = Field(description="Tags over their thresholds, highest score first.")
+    model_version: str = Field(description="Version (content hash) of the model artifact that tagged it.")
+    content_hash: str = Field(description="Hash of the model input text (title + description).")
+    tagged_at: datetime = Field(description="When this event was produced (UTC).")
+    cached: bool = Field(description="True when the tags came from the Redis cache.")
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+class DeadLetter(BaseModel):
+    """A product event that could not be tagged, published to `products.dlq`; its offset is committed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error_kind: DeadLetterReason
+    error_message: str
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = Field(None, description="Kafka timestamp of the original record.")
+    key_b64: str | None = Field(None, description="Original key bytes, base64.")
+    value_b64: str = Field(description="Original value bytes, base64 (exactly what was received).")
+    value_size: int
+    dead_lettered_at: datetime
+
+
+SCHEMAS = {"product_event": ProductEvent, "tag_event": TagEvent, "dead_letter": DeadLetter}
+SCHEMA_DIR = Path(__file__).parent / "json"
+
+
+def render_schemas() -> dict[str, str]:
+    return {
+        f"{name}.schema.json": json.dumps(model.model_json_schema(), indent=2) + "\n" for name, model in SCHEMAS.items()
+    }
+
+
+if __name__ == "__main__":
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    for fname, text in render_schemas().items():
+        (SCHEMA_DIR / fname).write_text(text)
+        print("wrote", SCHEMA_DIR / fname)

@@ -1,0 +1,89 @@
+"""Tiny models and data for tests: a 2-layer BERT built here (random init, the packaged MiniLM
+tokenizer), trained for a few steps and exported with the real `tagger train` / `tagger export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+BRANDS = ["Alisha", "Nike", "Samsung", "Sony", "Puma", "Lenovo"]
+KINDS = {
+    "Clothing": ["cotton shirt", "denim jeans", "cycling shorts", "silk saree"],
+    "Electronics": ["smartphone", "laptop", "bluetooth headphones", "smart watch"],
+    "Footwear": ["running shoes", "sandals", "sneakers"],
+}
+COLOURS = ["red", "blue", "black", "white", "green"]
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict[str, object]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        cat = rng.choice(sorted(KINDS))
+        brand = rng.choice(BRANDS)
+        title = f"{brand} {rng.choice(COLOURS)} {rng.choice(KINDS[cat])}"
+        row: dict[str, object] = {"id": f"p{i}", "title": title, "tags": [f"category:{cat}", f"brand:{brand}"]}
+        if i % 7 == 0:
+            row["description"] = f"Key features of {title}. Great quality, pack of {1 + i % 3}."
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def build_tiny_base(out: Path) -> Path:
+    """A 2-layer, 64-wide BERT with the MiniLM WordPiece tokenizer, saved as an HF directory."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from exporter.base_models import resolve_base_model
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_tiny_artifact(work: Path, *, steps: int = 40, int8: bool = True) -> Path:
+    """Train (real code path) and export a tiny tagger; returns the model directory."""
+    from exporter import export, train
+
+    work.mkdir(parents=True, exist_ok=True)
+    data = write_jsonl(work / "train.jsonl", make_rows(400))
+    base = build_tiny_base(work / "base")
+    run_dir, model_dir = work / "run", work / "model"
+    train.train(
+        argparse.Namespace(
+            data=data,
+            out=run_dir,
+            base_model=str(base),
+            epochs=10.0,
+            max_minutes=5.0,
+            max_steps=steps,
+            min_tag_count=3,
+            seed=7,
+            batch_size=16,
+            lr=1e-3,
+            head_lr=1e-2,
+            max_seq_len=32,
+            val_percent=20,
+            train_embeddings=True,
+            threads=0,
+        )
+    )
+    export.export(argparse.Namespace(checkpoint=run_dir, out=model_dir, int8=int8, atol=1e-4, parity_items=64))
+    return model_dir

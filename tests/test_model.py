@@ -1,0 +1,168 @@
+"""Model tests on a tiny model trained and exported by the real code (fixture `tiny_model`)."""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter.export import ExportValidationError, check_parity
+from exporter.metrics import choose_thresholds, report
+from tests.model_factory import make_rows, write_jsonl
+from worker.artifact import ArtifactError, load_manifest
+from worker.engine import ProviderUnavailableError, TagEngine, bucket, compose_text
+
+
+def test_artifact_is_self_describing(tiny_model: Path) -> None:
+    m = load_manifest(tiny_model)
+    assert {"model.onnx", "model.int8.onnx", "tokenizer.json"} <= set(m.files)
+    assert m.opset == 17 and m.max_seq_len == 32 and len(m.labels) == len(m.thresholds) > 5
+    assert all(":" in t for t in m.labels)
+    assert m.metrics["parity"]["max_abs_logit_diff"] < 1e-4
+    assert m.int8 is not None and 0 <= m.int8["decision_agreement"] <= 1
+    assert m.threshold_strategy in {"per_tag", "per_facet"}
+    run = tiny_model.parent / "run"
+    meta = json.loads((run / "tagger.json").read_text())
+    assert meta["steps"] == 40 and meta["labels"] == m.labels
+    assert (run / "encoder" / "config.json").is_file()
+
+
+def test_tampered_file_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model, copy)
+    with (copy / "model.onnx").open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ArtifactError, match="model.onnx: sha256 mismatch"):
+        TagEngine(copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match="tokenizer.json: missing"):
+        load_manifest(copy)
+
+
+def test_batch_scores_equal_one_at_a_time(tiny_model: Path) -> None:
+    engine = TagEngine(tiny_model, max_items=8, max_tokens=256)
+    texts = [compose_text(str(r["title"]), r.get("description")) for r in make_rows(40, seed=3)]  # type: ignore[arg-type]
+    ids = engine.encode(texts)
+    assert len({len(x) for x in ids}) > 3  # varied lengths: padding is really exercised
+    batched = engine.scores(ids)
+    single = np.vstack([engine.scores([x]) for x in ids])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_int8_model_serves_and_agrees(tiny_model: Path) -> None:
+    fp32, int8 = TagEngine(tiny_model), TagEngine(tiny_model, int8=True)
+    assert int8.model_version.endswith("-int8") and int8.model_version != fp32.model_version
+    texts = [str(r["title"]) for r in make_rows(30, seed=4)]
+    diff = np.abs(fp32.scores(fp32.encode(texts)) - int8.scores(int8.encode(texts)))
+    assert diff.max() < 0.1
+
+
+def test_missing_cuda_is_a_clear_error_unless_fallback(tiny_model: Path) -> None:
+    with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider"):
+        TagEngine(tiny_model, provider="cuda")
+    engine = TagEngine(tiny_model, provider="cuda", allow_cpu_fallback=True)
+    assert engine.provider == "CPUExecutionProvider"
+
+
+def test_parity_check_lists_every_mismatch() -> None:
+    ref = np.zeros((3, 2), dtype=np.float32)
+    cand = ref.copy()
+    cand[0, 1], cand[2, 0] = 0.5, -0.01
+    with pytest.raises(ExportValidationError) as err:
+        check_parity(ref, cand, ["a:x", "b:y"], atol=1e-3)
+    assert "in 2 values" in str(err.value) and "item 0 'b:y'" in str(err.value) and "item 2 'a:x'" in str(err.value)
+    assert check_parity(ref, ref + 1e-5, ["a:x", "b:y"], atol=1e-3) <= 1e-5
+
+
+def test_bucketing_respects_limits() -> None:
+    lengths = [5, 50, 7, 48, 6, 51]
+    groups = bucket(lengths, max_items=2, max_tokens=200)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    for g in groups:
+        assert len(g) <= 2 and len(g) * max(lengths[i] for i in g) <= 200
+    assert [lengths[i] for i in groups[0]] == [5, 6]
+
+
+def test_threshold_strategies_are_compared() -> None:
+    rng = np.random.default_rng(0)
+    labels = ["a:1", "a:2", "b:1"]
+    y = rng.random((200, 3)) < 0.3
+    scores = np.clip(y * 0.6 + rng.random((200, 3)) * 0.5, 0, 1).astype(np.float32)
+    strategy, th, comparison = choose_thresholds(scores, y, labels)
+    assert strategy in comparison and set(comparison) == {"per_tag", "per_facet"}
+    assert th.shape == (3,) and ((th > 0) & (th < 1)).all()
+
+
+def test_report_counts_unknown_tags_as_misses() -> None:
+    r = report([["a:1", "b:zzz"]], [["a:1"]])
+    assert r["micro"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667}
+    assert r["per_facet"]["b"]["recall"] == 0.0  # type: ignore[index]
+
+
+def test_predict_and_evaluate_on_a_small_file(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter import evaluate
+    from worker import predict
+
+    rows = make_rows(60, seed=9)
+    data = write_jsonl(tmp_path / "eval.jsonl", rows)
+    preds = tmp_path / "preds.jsonl"
+    args = argparse.Namespace(model=tiny_model, input=data, output=preds, int8=False, batch_size=16, provider="cpu")
+    assert predict.run(args) == 0
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert [x["id"] for x in lines] == [r["id"] for r in rows]
+    engine = TagEngine(tiny_model)
+    for line in lines:
+        scores = [t["score"] for t in line["tags"]]
+        assert scores == sorted(scores, reverse=True)
+        for t in line["tags"]:
+            assert t["score"] >= engine.thresholds[engine.labels.index(t["tag"])] - 1e-4
+
+    capsys.readouterr()
+    out = tmp_path / "report.json"
+    args = argparse.Namespace(
+        model=tiny_model, data=data, baseline_train=tiny_model.parent / "train.jsonl", int8=False, both=True, output=out
+    )
+    assert evaluate.run(args) == 0
+    rep = json.loads(out.read_text())
+    assert set(rep) == {"model", "model_int8", "tfidf_baseline"}
+    for part in rep.values():
+        assert 0 <= part["micro"]["f1"] <= 1 and {"brand", "category"} <= set(part["per_facet"])
+    # The synthetic titles name brand and category outright: the baseline must nail them.
+    assert rep["tfidf_baseline"]["micro"]["f1"] > 0.9
+
+
+def test_training_is_deterministic_for_a_seed(tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+
+    from exporter import train
+
+    base = tiny_model.parent / "base"
+    data = tiny_model.parent / "train.jsonl"
+    heads = []
+    for name in ("a", "b"):
+        train.train(
+            argparse.Namespace(
+                data=data,
+                out=tmp_path / name,
+                base_model=str(base),
+                epochs=1.0,
+                max_minutes=5.0,
+                max_steps=6,
+                min_tag_count=3,
+                seed=7,
+                batch_size=16,
+                lr=1e-3,
+                head_lr=1e-2,
+                max_seq_len=32,
+                val_percent=20,
+                train_embeddings=True,
+                threads=0,
+            )
+        )
+        heads.append(torch.load(tmp_path / name / "head.pt", weights_only=True))
+    for k in heads[0]:
+        assert torch.equal(heads[0][k], heads[1][k])

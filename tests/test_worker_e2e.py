@@ -1,0 +1,150 @@
+"""End to end: `tagger worker` as a separate process on a real broker (Tansu) and a real Redis."""
+
+import json
+import random
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from scripts.local_services import create_topics, free_port
+from tests.kafka_helpers import produce, read_all, start_worker, values, worker_env
+from tests.model_factory import make_rows
+
+MALFORMED = [
+    b"not json at all",
+    b"\xff\xfe\x00invalid utf-8",
+    b'{"product_id": "m-1", "title": "   "}',
+    b'{"title": "missing id"}',
+    b"[1, 2, 3]",
+    json.dumps({"product_id": "m-2", "title": "x" * 5000}).encode(),
+]
+
+
+def _product(i: int, row: dict) -> bytes:
+    return json.dumps(
+        {"product_id": f"prod-{i}", "title": row["title"], "description": row.get("description"), "price": i}
+    ).encode()
+
+
+def _wait_http(port: int, path: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
+                return json.loads(resp.read())
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{path} never answered 200")
+
+
+def test_sigkill_mid_stream_loses_nothing(
+    broker: str, redis_url: str, tiny_model: Path, unique: str, tmp_path: Path
+) -> None:
+    create_topics(broker, {f"in-{unique}": 4, f"out-{unique}": 4, f"dlq-{unique}": 1})
+    rows = make_rows(3000, seed=11)
+    good = [_product(i, r) for i, r in enumerate(rows)]
+    stream = good + MALFORMED * 5
+    random.Random(1).shuffle(stream)
+    port = free_port()
+    env = worker_env(
+        broker, redis_url, tiny_model, unique, TAGGER_HTTP__PORT=str(port), TAGGER_BATCHING__MAX_ITEMS="32"
+    )
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        assert _wait_http(port, "/readyz")["ready"] is True
+        produce(broker, f"in-{unique}", stream[:1500])
+        # Kill as soon as some tag events are out: batches are in flight and offsets half-committed.
+        read_all(broker, f"out-{unique}", lambda m: len(m) >= 300, timeout_s=60)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        produce(broker, f"in-{unique}", stream[1500:])
+        worker = start_worker(env, log)
+        seen: set[str] = set()
+
+        def all_tagged(msgs: list) -> bool:
+            seen.update(json.loads(m.value)["product_id"] for m in msgs[len(seen) and 0 :])
+            return len(seen) >= len(good)
+
+        out = read_all(broker, f"out-{unique}", all_tagged, timeout_s=180)
+        dlq = read_all(broker, f"dlq-{unique}", lambda m: len(m) >= 30, timeout_s=60)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    events = values(out)
+    by_product: dict[str, set[str]] = {}
+    for ev in events:
+        by_product.setdefault(ev["product_id"], set()).add(ev["event_id"])
+    assert set(by_product) == {f"prod-{i}" for i in range(len(good))}, "a valid product has no tag event"
+    # Replays after the kill are duplicates with the same id, never a second identity.
+    assert all(len(ids) == 1 for ids in by_product.values())
+    assert len(events) >= len(good)
+    dead = values(dlq)
+    kinds = sorted(d["error_kind"] for d in dead)
+    assert len({(d["partition"], d["offset"]) for d in dead}) == 30, "each malformed record has a dead letter"
+    assert set(kinds) == {"not_json", "not_utf8", "empty_title", "schema", "not_object", "oversized_field"}
+    import base64
+
+    originals = {base64.b64decode(d["value_b64"]) for d in dead}
+    assert originals == set(MALFORMED)
+    assert "tagger_dead_letters_total" in metrics and 'reason="not_utf8"' in metrics
+    text = log.read_text()
+    assert "worker stopped" in text
+
+
+def test_bad_settings_and_missing_model_fail_at_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.kafka_helpers import REPO
+
+    env = worker_env("127.0.0.1:1", "redis://127.0.0.1:1/0", tmp_path / "nope", "x", TAGGER_BATCHING__MAX_ITEMS="-1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "TAGGER_BATCHING__MAX_ITEMS" in proc.stderr
+    env.pop("TAGGER_BATCHING__MAX_ITEMS")
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "worker", "--check"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "manifest.json" in proc.stderr
+
+
+@pytest.mark.parametrize("provider", ["cuda"])
+def test_check_flag_reports_missing_gpu(tiny_model: Path, provider: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.kafka_helpers import REPO
+
+    env = worker_env("127.0.0.1:1", "redis://127.0.0.1:1/0", tiny_model, "x", TAGGER_MODEL__PROVIDER=provider)
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "worker", "--check"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "CUDAExecutionProvider" in proc.stderr
+    env["TAGGER_MODEL__ALLOW_CPU_FALLBACK"] = "true"
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "worker", "--check"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "CPUExecutionProvider" in proc.stdout

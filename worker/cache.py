@@ -1,0 +1,109 @@
+"""Result cache: Redis behind a small Protocol. A Redis outage degrades to uncached tagging."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import redis
+
+from worker.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Cache(Protocol):
+    """Get/set many values; never raises for an unavailable backend (returns misses instead)."""
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    def set_many(self, values: Mapping[str, bytes]) -> None: ...
+
+    @property
+    def degraded(self) -> bool: ...
+
+
+class NoCache:
+    degraded = False
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [None] * len(keys)
+
+    def set_many(self, values: Mapping[str, bytes]) -> None:
+        pass
+
+
+class RedisCache:
+    """Pipelined MGET / SET EX. After an error, skip Redis for `retry_interval_s`, then try again."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl_s: int,
+        metrics: Metrics,
+        retry_interval_s: float = 5.0,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client, self.ttl_s, self.metrics = client, ttl_s, metrics
+        self.retry_interval_s, self.now = retry_interval_s, now
+        self._retry_at: float | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, password: str | None, timeout_s: float, ttl_s: int, metrics: Metrics, retry_interval_s: float
+    ) -> RedisCache:
+        # from_url does not connect: no network I/O until the first command.
+        client = redis.Redis.from_url(
+            url,
+            password=password,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+        )
+        return cls(client, ttl_s, metrics, retry_interval_s)
+
+    @property
+    def degraded(self) -> bool:
+        return self._retry_at is not None
+
+    def _available(self) -> bool:
+        return self._retry_at is None or self.now() >= self._retry_at
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        if self._retry_at is None:
+            log.warning("redis %s failed, tagging without the cache: %s", op, exc)
+        self.metrics.cache_errors.inc()
+        self.metrics.cache_degraded.set(1)
+        self._retry_at = self.now() + self.retry_interval_s
+
+    def _recovered(self) -> None:
+        if self._retry_at is not None:
+            log.info("redis is back; cache enabled")
+            self._retry_at = None
+            self.metrics.cache_degraded.set(0)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys or not self._available():
+            return [None] * len(keys)
+        try:
+            values = self.client.mget(list(keys))
+        except (redis.RedisError, OSError) as exc:
+            self._failed("MGET", exc)
+            return [None] * len(keys)
+        self._recovered()
+        return list(values)
+
+    def set_many(self, values: Mapping[str, bytes]) -> None:
+        if not values or not self._available():
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in values.items():
+                pipe.set(key, value, ex=self.ttl_s)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed("SET", exc)
+            return
+        self._recovered()

@@ -1,0 +1,88 @@
+"""Pure decoding and identity: raw Kafka value -> ProductEvent or an Invalid reason; content
+hashes, cache keys and deterministic event ids. No I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from schemas.events import DeadLetterReason, ProductEvent
+from worker.engine import compose_text
+
+EVENT_NAMESPACE = uuid.UUID("6f1c3c52-8f5e-4d0e-9a57-3a1d5d0c2b11")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 1_000_000
+    max_title_chars: int = 2_000
+    max_description_chars: int = 20_000
+    max_product_id_chars: int = 256
+
+
+@dataclass(frozen=True)
+class Invalid:
+    reason: DeadLetterReason
+    message: str
+
+
+def decode_product(raw: bytes | None, limits: Limits) -> ProductEvent | Invalid:
+    """Every failure is a reason, never an exception."""
+    if raw is None:
+        return Invalid("not_json", "record has no value (tombstone)")
+    if len(raw) > limits.max_message_bytes:
+        return Invalid("too_large", f"{len(raw)} bytes > max_message_bytes {limits.max_message_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Invalid("not_utf8", f"invalid UTF-8 at byte {exc.start}")
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return Invalid("not_json", f"malformed JSON: {getattr(exc, 'msg', exc)}")
+    if not isinstance(obj, dict):
+        return Invalid("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        event = ProductEvent.model_validate(obj)
+    except ValidationError as exc:
+        kinds = {e["type"] for e in exc.errors()}
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()[:5])
+        reason: DeadLetterReason = "oversized_field" if kinds <= {"string_too_long"} else "schema"
+        return Invalid(reason, detail)
+    if not event.title.strip():
+        return Invalid("empty_title", "title is blank")
+    for field, value, limit in (
+        ("product_id", event.product_id, limits.max_product_id_chars),
+        ("title", event.title, limits.max_title_chars),
+        ("description", event.description or "", limits.max_description_chars),
+    ):
+        if len(value) > limit:
+            return Invalid("oversized_field", f"{field}: {len(value)} chars > {limit}")
+    return event
+
+
+def model_text(event: ProductEvent) -> str:
+    return compose_text(event.title, event.description)
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def cache_key(prefix: str, model_version: str, chash: str) -> str:
+    """Keyed by model version too: a new model never serves the old model's tags."""
+    return f"{prefix}{model_version}:{chash}"
+
+
+def event_id(product_id: str, chash: str, model_version: str) -> str:
+    """Same product, content and model -> same id, so replays after a crash are recognisable."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{product_id}\x00{chash}\x00{model_version}"))
+
+
+def estimate_tokens(text: str, max_seq_len: int) -> int:
+    """Cheap upper-ish estimate used to close batches before tokenizing (~4 chars per token)."""
+    return min(max_seq_len, 2 + len(text) // 4 + 1)

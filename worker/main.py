@@ -1,0 +1,95 @@
+"""`tagger worker`: the composition root. Builds settings, engine, cache, Kafka adapters and the
+poll loop; signal handlers only set an event."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from worker.artifact import ArtifactError
+from worker.engine import EngineError, TagEngine
+from worker.settings import SettingsError, WorkerSettings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate settings and load the model (hashes, provider), then exit 0/2; for probes and CI",
+    )
+
+
+def build_engine(s: WorkerSettings) -> TagEngine:
+    return TagEngine(
+        s.model.path,
+        provider=s.model.provider,
+        allow_cpu_fallback=s.model.allow_cpu_fallback,
+        int8=s.model.int8,
+        intra_op_threads=s.model.intra_op_threads,
+        verify=s.model.verify_hashes,
+        max_items=s.batching.max_items,
+        max_tokens=s.batching.max_tokens,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from worker import logs
+
+    logs.configure(settings.log.level, settings.log.json_format)
+    try:
+        engine = build_engine(settings)
+    except (ArtifactError, EngineError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info("model %s (%d labels) on %s", engine.model_version, len(engine.labels), engine.provider)
+    if args.check:
+        print(f"ok: model {engine.model_version} on {engine.provider}")
+        return 0
+
+    from worker.cache import Cache, NoCache, RedisCache
+    from worker.health import serve
+    from worker.kafka_io import KafkaPublisher, make_consumer
+    from worker.metrics import Metrics
+    from worker.pipeline import BatchProcessor, Health, Worker
+
+    metrics = Metrics()
+    health = Health()
+    stop, abort = threading.Event(), threading.Event()
+    cache: Cache = NoCache()
+    if settings.redis.enabled:
+        r = settings.redis
+        cache = RedisCache.from_url(
+            r.url,
+            password=r.password.get_secret_value() if r.password else None,
+            timeout_s=r.timeout_s,
+            ttl_s=r.ttl_s,
+            metrics=metrics,
+            retry_interval_s=r.retry_interval_s,
+        )
+        health.cache = cache
+    server = serve(settings.http.host, settings.http.port, health, metrics) if settings.http.port else None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: draining (budget %.0f s)", signal.Signals(signum).name, settings.shutdown.drain_timeout_s)
+        health.stopping = True
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    publisher = KafkaPublisher(settings.kafka)
+    processor = BatchProcessor(settings, engine, cache, publisher, metrics, health, abort)
+    worker = Worker(settings, lambda: make_consumer(settings.kafka), processor, metrics, health, stop)
+    code = worker.run()
+    if server is not None:
+        server.shutdown()
+    return code

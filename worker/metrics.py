@@ -1,0 +1,53 @@
+"""Prometheus metrics of one worker process, on their own registry (tests create several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
+STAGES = ("poll", "decode", "cache_get", "tokenize", "inference", "cache_set", "produce", "commit")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        # products per micro-batch (valid and dead-lettered)
+        self.batch_size = Histogram("tagger_batch_size", "Records per micro-batch.", buckets=SIZE_BUCKETS, registry=r)
+        # real tokens (not padding) inferred per micro-batch
+        self.batch_tokens = Histogram(
+            "tagger_batch_tokens", "Tokens inferred per micro-batch.", buckets=TOKEN_BUCKETS, registry=r
+        )
+        # consumed -> batch processing starts (time spent waiting in the batcher and the in-flight queue)
+        self.queue_wait = Histogram(
+            "tagger_queue_wait_seconds", "Wait from consume to batch start.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        # one ONNX Runtime pass over a micro-batch's cache misses
+        self.inference = Histogram(
+            "tagger_inference_seconds", "Inference time per micro-batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        # record timestamp (producer's CreateTime) -> tag event acknowledged by Kafka
+        self.end_to_end = Histogram(
+            "tagger_end_to_end_seconds",
+            "Product event timestamp to tag event ack.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # wall time per pipeline stage (poll, decode, cache_get, tokenize, inference, cache_set, produce, commit)
+        self.stage = Histogram(
+            "tagger_stage_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.consumed = Counter("tagger_consumed", "Records consumed from the input topic.", registry=r)
+        self.produced = Counter("tagger_produced", "Tag events acknowledged by Kafka.", registry=r)
+        self.cache_hits = Counter("tagger_cache_hits", "Products served from the Redis cache.", registry=r)
+        self.cache_misses = Counter("tagger_cache_misses", "Products inferred (not in cache).", registry=r)
+        self.cache_errors = Counter("tagger_cache_errors", "Redis errors (the worker ran uncached).", registry=r)
+        self.dead_letters = Counter("tagger_dead_letters", "Records dead-lettered, by reason.", ["reason"], registry=r)
+        self.produce_retries = Counter("tagger_produce_retries", "Tag event batches re-sent.", registry=r)
+        self.commit_errors = Counter("tagger_commit_errors", "Offset commits that failed.", registry=r)
+        self.lag = Gauge("tagger_consumer_lag", "Highwater minus position, per partition.", ["partition"], registry=r)
+        self.in_flight = Gauge("tagger_in_flight_batches", "Micro-batches being tagged or published.", registry=r)
+        self.paused = Gauge("tagger_paused_partitions", "Partitions paused by backpressure.", registry=r)
+        self.ready = Gauge("tagger_ready", "1 when consuming normally.", registry=r)
+        self.cache_degraded = Gauge("tagger_cache_degraded", "1 while Redis is unreachable.", registry=r)

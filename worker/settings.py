@@ -1,0 +1,157 @@
+"""The worker's one settings object: env prefix `TAGGER_`, nested sections joined by `__`.
+
+Built once at start-up (`load_settings`) and passed down; nothing else reads the environment.
+A bad value fails at start with the field's env name in the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TAGGER_"
+NESTED = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field("localhost:9092", description="Comma-separated Kafka bootstrap servers.")
+    input_topic: str = Field("products.new", description="Topic of product events to tag.")
+    output_topic: str = Field("products.tags", description="Topic the tag events are published to.")
+    dlq_topic: str = Field("products.dlq", description="Dead-letter topic for malformed product events.")
+    group_id: str = Field("product-tagger", description="Consumer group; replicas share the input partitions.")
+    client_id: str = Field("product-tagger", description="Kafka client id (shows up in broker logs/quotas).")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (mount from a Secret).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for TLS to the brokers.")
+    session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="Consumer heartbeat interval.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=10_000, description="Max time between polls before the member is evicted."
+    )
+    max_poll_records: int = Field(500, ge=1, le=100_000, description="Records returned by one poll.")
+    poll_timeout_ms: int = Field(50, ge=1, le=5_000, description="How long one poll waits for records.")
+    fetch_max_bytes: int = Field(52_428_800, ge=1_024, description="Max bytes per fetch response.")
+    produce_timeout_s: float = Field(
+        30.0, gt=0, description="Wait for the broker to acknowledge a batch's tag events before retrying."
+    )
+    linger_ms: int = Field(5, ge=0, description="Producer linger: small batches of tag events per request.")
+    retry_backoff_max_s: float = Field(30.0, gt=0, description="Upper bound of the reconnect/retry backoff.")
+    bootstrap_timeout_s: float = Field(10.0, gt=0, description="How long one connection attempt may take.")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError("SASL_* security_protocol needs sasl_mechanism, sasl_username and sasl_password")
+        return self
+
+
+class RedisSettings(_Section):
+    enabled: bool = Field(True, description="Use the Redis result cache (off: every product is inferred).")
+    url: str = Field("redis://localhost:6379/0", description="Redis URL (redis:// or rediss:// for TLS).")
+    password: SecretStr | None = Field(None, description="Redis password, kept out of the URL (a Secret).")
+    key_prefix: str = Field("tagger:", description="Prefix of every cache key (share a Redis safely).")
+    ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of a cached tag result.")
+    timeout_s: float = Field(0.5, gt=0, description="Socket timeout: a slow cache must not stall tagging.")
+    retry_interval_s: float = Field(5.0, gt=0, description="After a Redis error, how long to run uncached.")
+
+
+class ModelSettings(_Section):
+    path: Path = Field(Path("/models/current"), description="Model artifact directory (with manifest.json).")
+    provider: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime execution provider.")
+    allow_cpu_fallback: bool = Field(
+        False, description="When provider=cuda is unavailable, run on CPU instead of failing at start."
+    )
+    int8: bool = Field(False, description="Serve the int8 model (model.int8.onnx) instead of fp32.")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core).")
+    verify_hashes: bool = Field(True, description="Check every artifact file's sha256 against the manifest.")
+
+
+class BatchingSettings(_Section):
+    max_items: int = Field(64, ge=1, le=4_096, description="Close a micro-batch at this many products.")
+    max_tokens: int = Field(8_192, ge=16, description="Token budget of one inference call (padded batch x sequence).")
+    max_wait_ms: float = Field(20.0, ge=0, description="Close a micro-batch this long after its first item.")
+    max_in_flight: int = Field(2, ge=1, le=8, description="Batches being tagged/published at once.")
+
+
+class LimitSettings(_Section):
+    max_message_bytes: int = Field(1_000_000, ge=256, description="Larger product events are dead-lettered.")
+    max_title_chars: int = Field(2_000, ge=1, description="Longer titles are dead-lettered.")
+    max_description_chars: int = Field(20_000, ge=0, description="Longer descriptions are dead-lettered.")
+    max_product_id_chars: int = Field(256, ge=1, description="Longer product ids are dead-lettered.")
+
+
+class HttpSettings(_Section):
+    host: str = Field("0.0.0.0", description="Bind address of /livez, /readyz and /metrics.")
+    port: int = Field(8080, ge=0, le=65_535, description="Port of the health and metrics server (0: off).")
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    json_format: bool = Field(False, description="One JSON object per log line (for log shippers).")
+
+
+class ShutdownSettings(_Section):
+    drain_timeout_s: float = Field(
+        20.0, gt=0, description="SIGTERM/rebalance budget to finish, publish and commit in-flight batches."
+    )
+
+
+class WorkerSettings(BaseSettings):
+    """Everything `tagger worker` can be told; see the README's generated table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED, frozen=True, extra="forbid")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka connection and topics.")
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Result cache.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Model artifact and runtime.")
+    batching: BatchingSettings = Field(default_factory=BatchingSettings, description="Micro-batching.")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="Input bounds.")
+    http: HttpSettings = Field(default_factory=HttpSettings, description="Health and metrics endpoint.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings, description="Graceful drain.")
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the environment variable."""
+
+
+def env_name(loc: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + NESTED.join(str(p) for p in loc).upper()
+
+
+def load_settings(**overrides: object) -> WorkerSettings:
+    """Read `TAGGER_*` from the environment; raise `SettingsError` naming every bad field."""
+    try:
+        return WorkerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = [f"{env_name(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def iter_fields() -> list[tuple[str, str, str, str]]:
+    """(env var, type, default, description) of every leaf setting, for docs and manifest checks."""
+    rows: list[tuple[str, str, str, str]] = []
+    for section, field in WorkerSettings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for name, leaf in model.model_fields.items():
+            default = leaf.get_default(call_default_factory=True)
+            ann = leaf.annotation
+            type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            rows.append((env_name((section, name)), str(type_name), repr(default), leaf.description or ""))
+    return rows
