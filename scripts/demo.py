@@ -35,7 +35,7 @@ MALFORMED: list[bytes] = [
 
 
 def sample_products(path: Path, n: int) -> list[dict[str, str]]:
-    """A deterministic sample from the held-out 20% (ids whose hash puts them in the eval split)."""
+    """A deterministic sample from the held-out 20% (the same id-hash split as `tagger split`)."""
     out: list[dict[str, str]] = []
     with path.open(encoding="utf-8") as fh:
         for line in fh:
@@ -145,7 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
     print("== 1/4 model: train or reuse, export to ONNX")
-    _, model_dir = ensure_model(args.work_dir, data=args.data, max_minutes=args.max_minutes)
+    # Train on the 80% split only; the products streamed below come from the held-out 20%.
+    from exporter.data import split, write_rows
+    from schemas.training import load_rows
+
+    train_file = args.work_dir / "data" / "train.jsonl"
+    if not train_file.is_file():
+        train_rows, _ = split(load_rows(args.data).rows, 20)
+        write_rows(train_file, train_rows)
+    _, model_dir = ensure_model(args.work_dir, data=train_file, max_minutes=args.max_minutes)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     labels = len(manifest.get("labels", []))
     print(f"   model {model_dir} version {manifest.get('model_version')}, {labels} labels")

@@ -40,7 +40,7 @@ def _tagger(*args: str) -> None:
 def ensure_model(work_dir: Path, *, data: Path = FLIPKART, max_minutes: float = 3.0) -> tuple[Path, Path]:
     """Return (run_dir, model_dir) under `work_dir`, training and exporting only when needed."""
     run_dir, model_dir = work_dir / "run", work_dir / "model"
-    if model_is_usable(model_dir) and (run_dir / "config.json").is_file():
+    if model_is_usable(model_dir) and (run_dir / "tagger.json").is_file():
         log.info("reusing model %s", model_dir)
         return run_dir, model_dir
     if not data.is_file():

@@ -58,32 +58,58 @@ def build_tiny_base(out: Path) -> Path:
     return out
 
 
+def cli_args(module: object, argv: list[str]) -> argparse.Namespace:
+    """Parse argv with a subcommand module's own parser (defaults stay in one place)."""
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)  # type: ignore[attr-defined]
+    return parser.parse_args(argv)
+
+
+def train_args(data: Path, out: Path, base: Path, *extra: str) -> argparse.Namespace:
+    from exporter import train
+
+    return cli_args(
+        train,
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--base-model",
+            str(base),
+            "--epochs",
+            "10",
+            "--max-minutes",
+            "5",
+            "--min-tag-count",
+            "3",
+            "--seed",
+            "7",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--head-lr",
+            "1e-2",
+            "--max-seq-len",
+            "32",
+            "--val-percent",
+            "20",
+            "--train-embeddings",
+            *extra,
+        ],
+    )
+
+
 def build_tiny_artifact(work: Path, *, steps: int = 40, int8: bool = True) -> Path:
-    """Train (real code path) and export a tiny tagger; returns the model directory."""
+    """Train (real code path) and export a tiny tagger with an extractive brand head; returns the model dir."""
     from exporter import export, train
 
     work.mkdir(parents=True, exist_ok=True)
     data = write_jsonl(work / "train.jsonl", make_rows(400))
     base = build_tiny_base(work / "base")
     run_dir, model_dir = work / "run", work / "model"
-    train.train(
-        argparse.Namespace(
-            data=data,
-            out=run_dir,
-            base_model=str(base),
-            epochs=10.0,
-            max_minutes=5.0,
-            max_steps=steps,
-            min_tag_count=3,
-            seed=7,
-            batch_size=16,
-            lr=1e-3,
-            head_lr=1e-2,
-            max_seq_len=32,
-            val_percent=20,
-            train_embeddings=True,
-            threads=0,
-        )
-    )
-    export.export(argparse.Namespace(checkpoint=run_dir, out=model_dir, int8=int8, atol=1e-4, parity_items=64))
+    train.train(train_args(data, run_dir, base, "--max-steps", str(steps)))
+    argv = ["--checkpoint", str(run_dir), "--out", str(model_dir), "--parity-items", "64"]
+    export.export(cli_args(export, argv + (["--int8"] if int8 else [])))
     return model_dir

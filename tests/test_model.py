@@ -10,7 +10,7 @@ import pytest
 
 from exporter.export import ExportValidationError, check_parity
 from exporter.metrics import choose_thresholds, report
-from tests.model_factory import make_rows, write_jsonl
+from tests.model_factory import make_rows, train_args, write_jsonl
 from worker.artifact import ArtifactError, load_manifest
 from worker.engine import ProviderUnavailableError, TagEngine, bucket, compose_text
 
@@ -23,6 +23,8 @@ def test_artifact_is_self_describing(tiny_model: Path) -> None:
     assert m.metrics["parity"]["max_abs_logit_diff"] < 1e-4
     assert m.int8 is not None and 0 <= m.int8["decision_agreement"] <= 1
     assert m.threshold_strategy in {"per_tag", "per_facet"}
+    # Brands occur verbatim in the synthetic titles, categories never: "auto" picks brand only.
+    assert m.extract_facets == ["brand"]
     run = tiny_model.parent / "run"
     meta = json.loads((run / "tagger.json").read_text())
     assert meta["steps"] == 40 and meta["labels"] == m.labels
@@ -49,6 +51,18 @@ def test_batch_scores_equal_one_at_a_time(tiny_model: Path) -> None:
     batched = engine.scores(ids)
     single = np.vstack([engine.scores([x]) for x in ids])
     np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_batched_tags_with_spans_equal_one_at_a_time(tiny_model: Path) -> None:
+    engine = TagEngine(tiny_model, max_items=4, max_tokens=128)
+    assert engine.extract_facets == ["brand"]
+    texts = [compose_text(str(r["title"]), r.get("description")) for r in make_rows(24, seed=5)]  # type: ignore[arg-type]
+    batched = engine.tag_texts(texts)
+    single = [engine.tag_texts([t])[0] for t in texts]
+    for a, b in zip(batched, single, strict=True):
+        assert [t.tag for t in a] == [t.tag for t in b]
+        np.testing.assert_allclose([t.score for t in a], [t.score for t in b], atol=1e-3)
+    assert TagEngine(tiny_model, extract=False).extract_facets == []
 
 
 def test_int8_model_serves_and_agrees(tiny_model: Path) -> None:
@@ -119,7 +133,10 @@ def test_predict_and_evaluate_on_a_small_file(
         scores = [t["score"] for t in line["tags"]]
         assert scores == sorted(scores, reverse=True)
         for t in line["tags"]:
-            assert t["score"] >= engine.thresholds[engine.labels.index(t["tag"])] - 1e-4
+            if t["tag"] in engine.labels:  # classified: over its threshold
+                assert t["score"] >= engine.thresholds[engine.labels.index(t["tag"])] - 1e-4
+            else:  # extracted from the title by the span head
+                assert t["tag"].partition(":")[0] in engine.extract_facets
 
     capsys.readouterr()
     out = tmp_path / "report.json"
@@ -128,7 +145,7 @@ def test_predict_and_evaluate_on_a_small_file(
     )
     assert evaluate.run(args) == 0
     rep = json.loads(out.read_text())
-    assert set(rep) == {"model", "model_int8", "tfidf_baseline"}
+    assert set(rep) == {"model", "model_int8", "tfidf_baseline", "model_classifier_only", "model_int8_classifier_only"}
     for part in rep.values():
         assert 0 <= part["micro"]["f1"] <= 1 and {"brand", "category"} <= set(part["per_facet"])
     # The synthetic titles name brand and category outright: the baseline must nail them.
@@ -144,25 +161,8 @@ def test_training_is_deterministic_for_a_seed(tiny_model: Path, tmp_path: Path) 
     data = tiny_model.parent / "train.jsonl"
     heads = []
     for name in ("a", "b"):
-        train.train(
-            argparse.Namespace(
-                data=data,
-                out=tmp_path / name,
-                base_model=str(base),
-                epochs=1.0,
-                max_minutes=5.0,
-                max_steps=6,
-                min_tag_count=3,
-                seed=7,
-                batch_size=16,
-                lr=1e-3,
-                head_lr=1e-2,
-                max_seq_len=32,
-                val_percent=20,
-                train_embeddings=True,
-                threads=0,
-            )
-        )
+        train.train(train_args(data, tmp_path / name, base, "--max-steps", "6", "--epochs", "1"))
         heads.append(torch.load(tmp_path / name / "head.pt", weights_only=True))
-    for k in heads[0]:
-        assert torch.equal(heads[0][k], heads[1][k])
+    for part in heads[0]:
+        for k in heads[0][part]:
+            assert torch.equal(heads[0][part][k], heads[1][part][k])

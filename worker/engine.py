@@ -17,6 +17,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, Manifest, load_manifest
+from worker.spans import extract, merge
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,24 @@ class ProviderUnavailableError(EngineError):
 class Tag:
     tag: str
     score: float
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized text: ids (truncated, unpadded) and character offsets for span extraction."""
+
+    text: str
+    ids: np.ndarray
+    offsets: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Outputs:
+    scores: np.ndarray  # sigmoid tag scores [n, labels]
+    spans: list[np.ndarray] | None  # span logits per item [tokens, classes], when the model extracts
 
 
 def compose_text(title: str, description: str | None = None) -> str:
@@ -76,6 +95,7 @@ class TagEngine:
         verify: bool = True,
         max_items: int = 64,
         max_tokens: int = 8192,
+        extract: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify=verify)
@@ -93,6 +113,9 @@ class TagEngine:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
+        facets = list(getattr(self.manifest, "extract_facets", None) or [])
+        self.extract_facets = facets if extract and "span_logits" in self.output_names else []
+        self._known = {t.casefold(): t for t in self.labels}
 
     @property
     def model_version(self) -> str:
@@ -123,16 +146,19 @@ class TagEngine:
             log.warning("%s; falling back to CPU as configured", msg)
         return session
 
-    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Token ids per text (truncated, unpadded)."""
-        return [np.asarray(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(list(texts))]
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+        """Tokenize (truncated, unpadded), keeping offsets for span extraction."""
+        return [
+            Encoded(t, np.asarray(e.ids, dtype=np.int64), e.offsets)
+            for t, e in zip(texts, self.tokenizer.encode_batch(list(texts)), strict=True)
+        ]
 
-    def _run(self, ids: list[np.ndarray]) -> dict[str, np.ndarray]:
-        longest = max(len(x) for x in ids)
-        input_ids = np.full((len(ids), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), longest), dtype=np.int64)
-        for row, x in enumerate(ids):
-            input_ids[row, : len(x)] = x
+    def _run(self, items: list[Encoded]) -> dict[str, np.ndarray]:
+        longest = max(len(x) for x in items)
+        input_ids = np.full((len(items), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(items), longest), dtype=np.int64)
+        for row, x in enumerate(items):
+            input_ids[row, : len(x)] = x.ids
             mask[row, : len(x)] = 1
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
@@ -140,24 +166,37 @@ class TagEngine:
         outputs = self.session.run(self.output_names, {k: v for k, v in feed.items() if k in self.input_names})
         return dict(zip(self.output_names, outputs, strict=True))
 
-    def scores(self, ids: list[np.ndarray]) -> np.ndarray:
-        """Sigmoid scores [n, labels] for tokenized items, run in length buckets."""
-        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
-        if not ids:
-            return out
-        for group in bucket([len(x) for x in ids], self.max_items, self.max_tokens):
-            logits = self._run([ids[i] for i in group])["logits"]
-            out[group] = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
-        return out
+    def run(self, items: list[Encoded]) -> Outputs:
+        """Run the model in length buckets (each within max_items and max_tokens of padding)."""
+        scores = np.zeros((len(items), len(self.labels)), dtype=np.float32)
+        spans: list[np.ndarray] | None = [np.zeros(0)] * len(items) if self.extract_facets else None
+        for group in bucket([len(x) for x in items], self.max_items, self.max_tokens):
+            res = self._run([items[i] for i in group])
+            scores[group] = 1.0 / (1.0 + np.exp(-res["logits"].astype(np.float32)))
+            if spans is not None:
+                for row, i in enumerate(group):
+                    spans[i] = res["span_logits"][row, : len(items[i])]
+        return Outputs(scores, spans)
 
-    def decode(self, scores: np.ndarray) -> list[list[Tag]]:
-        """Tags over threshold per row, highest score first."""
+    def scores(self, items: list[Encoded]) -> np.ndarray:
+        return self.run(items).scores if items else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+    def decode(self, items: list[Encoded], outputs: Outputs) -> list[list[Tag]]:
+        """Tags over threshold plus extracted spans (one score per tag), highest score first."""
         result = []
-        for row in scores:
+        for i, row in enumerate(outputs.scores):
             hits = np.nonzero(row >= self.thresholds)[0]
-            hits = hits[np.argsort(-row[hits], kind="stable")]
-            result.append([Tag(self.labels[i], round(float(row[i]), 4)) for i in hits])
+            classified = [(self.labels[j], float(row[j])) for j in hits]
+            if outputs.spans is None:
+                merged = sorted(classified, key=lambda t: -t[1])
+            else:
+                extracted = extract(items[i].text, items[i].offsets, outputs.spans[i], self.extract_facets)
+                merged = merge(classified, extracted, self._known)
+            result.append([Tag(t, round(s, 4)) for t, s in merged])
         return result
 
     def tag_texts(self, texts: Sequence[str]) -> list[list[Tag]]:
-        return self.decode(self.scores(self.encode(texts)))
+        if not texts:
+            return []
+        items = self.encode(texts)
+        return self.decode(items, self.run(items))

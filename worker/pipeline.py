@@ -148,11 +148,11 @@ class BatchProcessor:
         m.cache_misses.inc(len(misses))
         if misses:
             t = self.now()
-            ids = self.engine.encode([valid[i].text for i in misses])
+            encoded = self.engine.encode([valid[i].text for i in misses])
             t2 = self.now()
             m.stage.labels("tokenize").observe(t2 - t)
-            m.batch_tokens.observe(sum(len(x) for x in ids))
-            tags = self.engine.decode(self.engine.scores(ids))
+            m.batch_tokens.observe(sum(len(x) for x in encoded))
+            tags = self.engine.decode(encoded, self.engine.run(encoded))
             elapsed = self.now() - t2
             m.inference.observe(elapsed)
             m.stage.labels("inference").observe(elapsed)

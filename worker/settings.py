@@ -7,7 +7,7 @@ A bad value fails at start with the field's env name in the message.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -143,6 +143,25 @@ def load_settings(**overrides: object) -> WorkerSettings:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 
+def _type_name(ann: object) -> str:
+    args = [a for a in get_args(ann) if a is not type(None)]
+    if get_origin(ann) is Literal:
+        return " / ".join(str(a) for a in get_args(ann))
+    if args and len(args) < len(get_args(ann)):  # X | None
+        return _type_name(args[0] if len(args) == 1 else ann) + " (optional)"
+    if ann is SecretStr:
+        return "secret"
+    return getattr(ann, "__name__", str(ann)).replace("Path", "path")
+
+
+def _default_text(value: object) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "" if value is None else str(value)
+
+
 def iter_fields() -> list[tuple[str, str, str, str]]:
     """(env var, type, default, description) of every leaf setting, for docs and manifest checks."""
     rows: list[tuple[str, str, str, str]] = []
@@ -151,7 +170,7 @@ def iter_fields() -> list[tuple[str, str, str, str]]:
         assert isinstance(model, type) and issubclass(model, BaseModel)
         for name, leaf in model.model_fields.items():
             default = leaf.get_default(call_default_factory=True)
-            ann = leaf.annotation
-            type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-            rows.append((env_name((section, name)), str(type_name), repr(default), leaf.description or ""))
+            rows.append(
+                (env_name((section, name)), _type_name(leaf.annotation), _default_text(default), leaf.description or "")
+            )
     return rows

@@ -1,0 +1,34 @@
+"""`python -m bench.run --smoke` on the tiny model: the whole benchmark path runs and reports.
+
+No timing targets are asserted (shared CI cores make them meaningless); only that every required
+number is there, finite and positive.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import run
+
+
+def test_bench_smoke(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert run.main(["--smoke", "--model", str(tiny_model), "--json-out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    last = stdout.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert result == json.loads(out.read_text())
+    assert "| worker, full load" in stdout  # the table came first
+    for key in run.REQUIRED_KEYS:
+        value = result[key]
+        assert isinstance(value, int | float) and math.isfinite(value), (key, value)
+        if key != "io_overhead_share":  # the worker can beat its engine run alone only by noise
+            assert value > 0, (key, value)
+    assert result["io_overhead_share"] < 1
+    for key in ("p50_ms_full_load", "p99_ms_full_load", "p50_ms_half_load", "p95_ms_half_load"):
+        assert math.isfinite(result[key]) and result[key] >= 0, key
+    assert result["cache_hit"]["cached"] == result["cache_hit"]["events"]  # the replay was all hits
+    assert result["full_load"]["missing"] == 0
+    assert set(result["breakdown"]["stages"]) >= {"poll", "cache_get", "inference", "produce", "commit"}
