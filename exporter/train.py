@@ -22,7 +22,7 @@ from exporter.metrics import binarize, choose_thresholds, report
 from exporter.model import Tagger
 from schemas.training import TrainingRow, facet_of, load_rows
 from worker.engine import compose_text
-from worker.spans import IGNORE, align, bio_labels, extract, find_span, merge, n_classes
+from worker.spans import IGNORE, align, bio_labels, extract, find_span, known_spellings, merge, n_classes
 
 log = logging.getLogger(__name__)
 VAL_SALT = "val"
@@ -133,7 +133,7 @@ def predict_tags(
     facets: Sequence[str],
 ) -> tuple[list[list[str]], list[list[str]]]:
     """(classifier-only tags, classifier + extracted tags) per item."""
-    known = {t.casefold(): t for t in labels}
+    known = known_spellings(labels)
     classified, merged = [], []
     for i, row in enumerate(scores):
         cls = [(labels[j], float(row[j])) for j in np.nonzero(row >= thresholds)[0]]
@@ -212,8 +212,9 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     span_loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     gen = torch.Generator().manual_seed(args.seed)
 
-    step, seen, last_log, planned = 0, 0, time.monotonic(), False
-    train_started = time.monotonic()
+    step, seen, last_log = 0, 0, time.monotonic()
+    train_started = window_started = time.monotonic()
+    window_step, epoch_steps = 0, total_steps
     model.train()
     while step < total_steps:
         for batch in length_grouped_batches(train_lengths, args.batch_size, gen):
@@ -240,15 +241,19 @@ def train(args: argparse.Namespace) -> dict[str, object]:
             step += 1
             seen += len(batch)
             elapsed = time.monotonic() - train_started
-            if not planned and step == 20 and not args.max_steps:
-                # Fit the schedule to the budget once, so the LR decays to zero when time runs out.
+            if not args.max_steps and (step == 20 or step % 200 == 0):
+                # Fit the schedule to the budget from the recent step rate (re-checked as load changes),
+                # so the LR decays to zero when time runs out instead of being cut mid-schedule.
+                window = time.monotonic() - window_started
+                window_started, per_step = time.monotonic(), window / (step - window_step)
+                window_step = step
                 reserve = 0.08 * budget_s  # validation scoring, thresholds, saving
-                affordable = int((budget_s - reserve - (time.monotonic() - started)) / (elapsed / step)) + step
-                if affordable < total_steps:
-                    log.info("budget allows %d of %d planned steps", affordable, total_steps)
-                    total_steps = max(step + 1, affordable)
+                affordable = int((budget_s - reserve - (time.monotonic() - started)) / per_step) + step
+                planned_steps = min(epoch_steps, max(step + 1, affordable))
+                if planned_steps != total_steps:
+                    log.info("budget: %d steps planned (%.2f s/step)", planned_steps, per_step)
+                    total_steps = planned_steps
                     warmup = min(warmup, max(1, total_steps // 20))
-                planned = True
             if time.monotonic() - last_log > 15 or step == total_steps:
                 rate = seen / elapsed
                 eta = (total_steps - step) * elapsed / step

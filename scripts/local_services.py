@@ -73,14 +73,15 @@ class Service:
             self.proc.wait(timeout=10)
 
 
-def start_tansu(attempts: int = 5, log_dir: Path | None = None) -> Service:
-    """Start a memory-only Tansu broker on a free port; `url` is its bootstrap address."""
+def start_tansu(attempts: int = 5, log_dir: Path | None = None, port: int | None = None) -> Service:
+    """Start a memory-only Tansu broker on a free port (or `port`); `url` is its bootstrap address."""
     binary = tansu_binary()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tansu-"))
     last_error = ""
-    for _ in range(attempts):
+    wanted = port
+    for _ in range(1 if wanted else attempts):
         # A just-released port can still fail ("Address in use": no SO_REUSEADDR): try another.
-        port = free_port()
+        port = wanted or free_port()
         log_path = log_dir / f"tansu-{port}.log"
         addr = f"tcp://127.0.0.1:{port}"
         with log_path.open("wb") as out:

@@ -68,3 +68,12 @@ def test_merge_dedupes_case_insensitively_with_vocabulary_spelling() -> None:
         {"brand:alisha": "brand:Alisha"},
     )
     assert merged == [("category:Clothing", 0.9), ("brand:Alisha", 0.8), ("brand:Zed", 0.5)]
+
+
+def test_alternatives_match_and_map_back_to_the_vocabulary_label() -> None:
+    from worker.spans import known_spellings
+
+    text = "缤肌沁润免蒸护理发膜"
+    assert find_span(text, "pinkypinky/缤肌") == (0, 2)
+    known = known_spellings(["品牌:pinkypinky/缤肌", "category:美妆洗护"])
+    assert merge([], [("品牌:缤肌", 0.9)], known) == [("品牌:pinkypinky/缤肌", 0.9)]

@@ -4,6 +4,7 @@ import json
 import random
 import signal
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -148,3 +149,37 @@ def test_check_flag_reports_missing_gpu(tiny_model: Path, provider: str) -> None
         timeout=60,
     )
     assert proc.returncode == 0 and "CPUExecutionProvider" in proc.stdout
+
+
+def test_unreachable_kafka_is_retried_not_fatal(redis_url: str, tiny_model: Path, unique: str, tmp_path: Path) -> None:
+    """The worker starts before its broker exists: alive, not ready, retrying; then it catches up."""
+    from scripts.local_services import start_tansu
+
+    kafka_port, http_port = free_port(), free_port()
+    bootstrap = f"127.0.0.1:{kafka_port}"
+    env = worker_env(bootstrap, redis_url, tiny_model, unique, TAGGER_HTTP__PORT=str(http_port),
+                     TAGGER_KAFKA__BOOTSTRAP_TIMEOUT_S="1", TAGGER_KAFKA__RETRY_BACKOFF_MAX_S="1")
+    worker = start_worker(env, tmp_path / "worker.log")
+    broker = None
+    try:
+        assert _wait_http(port=http_port, path="/livez")["kafka_ok"] is False
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2)
+        assert err.value.code == 503
+        time.sleep(3)
+        assert worker.poll() is None, "the worker must keep retrying, not exit"
+        broker = start_tansu(port=kafka_port)
+        create_topics(bootstrap, {f"in-{unique}": 2, f"out-{unique}": 2, f"dlq-{unique}": 1})
+        produce(bootstrap, f"in-{unique}", [_product(i, r) for i, r in enumerate(make_rows(50, seed=2))])
+        out = read_all(bootstrap, f"out-{unique}", lambda m: len(m) >= 50, timeout_s=90)
+        assert {json.loads(m.value)["product_id"] for m in out} == {f"prod-{i}" for i in range(50)}
+        assert _wait_http(http_port, "/readyz")["ready"] is True
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+            if broker is not None:
+                broker.stop()

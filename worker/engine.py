@@ -17,7 +17,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, Manifest, load_manifest
-from worker.spans import extract, merge
+from worker.spans import extract, known_spellings, merge
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class TagEngine:
         self.provider = self.session.get_providers()[0]
         facets = list(getattr(self.manifest, "extract_facets", None) or [])
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
-        self._known = {t.casefold(): t for t in self.labels}
+        self._known = known_spellings(self.labels)
 
     @property
     def model_version(self) -> str:

@@ -306,6 +306,7 @@ class Worker(ConsumerRebalanceListener):
                 return consumer
             except KafkaError as exc:
                 self.health.kafka_ok = False
+                self.health.last_tick = self.now()  # alive and retrying: liveness must not restart us
                 log.warning("kafka unreachable (%s); retrying in %.1f s", exc, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self.s.kafka.retry_backoff_max_s)

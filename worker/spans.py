@@ -32,10 +32,19 @@ def _is_cjk(ch: str) -> bool:
 
 def find_span(text: str, value: str) -> tuple[int, int] | None:
     """First case-insensitive occurrence of `value` in `text` that does not cut a Latin word
-    (`Puma` matches in `Puma Shoes`, not in `Pumatic`; `华为` matches inside `华为手机`)."""
+    (`Puma` matches in `Puma Shoes`, not in `Pumatic`; `华为` matches inside `华为手机`).
+    A value with `/`-separated alternatives (`pinkypinky/缤肌`) also matches any alternative."""
     value = value.strip()
     if not value:
         return None
+    hit = _find(text, value)
+    if hit is None and "/" in value:
+        hits = [h for part in value.split("/") if len(part.strip()) > 1 and (h := _find(text, part.strip()))]
+        hit = min(hits) if hits else None
+    return hit
+
+
+def _find(text: str, value: str) -> tuple[int, int] | None:
     for m in re.finditer(re.escape(value), text, flags=re.IGNORECASE):
         s, e = m.span()
         left_ok = s == 0 or not (_is_word_char(text[s - 1]) and _is_word_char(text[s]))
@@ -124,6 +133,19 @@ def decode(
     return out
 
 
+def known_spellings(labels: Sequence[str]) -> dict[str, str]:
+    """casefolded tag -> vocabulary label; `facet:a/b` labels are also reachable from `facet:a` and `facet:b`."""
+    known: dict[str, str] = {}
+    for label in labels:
+        facet, _, value = label.partition(":")
+        for part in value.split("/") if "/" in value else []:
+            if len(part.strip()) > 1:
+                known.setdefault(f"{facet}:{part.strip()}".casefold(), label)
+    for label in labels:
+        known[label.casefold()] = label
+    return known
+
+
 def merge(
     classified: Sequence[tuple[str, float]], extracted: Sequence[tuple[str, float]], known: dict[str, str]
 ) -> list[tuple[str, float]]:
@@ -131,8 +153,8 @@ def merge(
     label case-insensitively; duplicates keep the higher score; highest score first."""
     best: dict[str, tuple[str, float]] = {}
     for tag, score in [*classified, *extracted]:
+        tag = known.get(tag.casefold(), tag)
         key = tag.casefold()
-        tag = known.get(key, tag)
         if key not in best or score > best[key][1]:
             best[key] = (tag, score)
     return sorted(best.values(), key=lambda t: -t[1])
