@@ -73,6 +73,8 @@ def run_naive(
     tagger: TorchTagger,
     n_messages: int,
     timeout_s: float = 300,
+    session_timeout_ms: int = 6000,
+    heartbeat_interval_ms: int = 1000,
 ) -> dict[str, float]:
     """Consume `n_messages` (already in `input_topic`) one by one; return timing.
 
@@ -87,8 +89,8 @@ def run_naive(
         group_id=group_id,
         enable_auto_commit=True,
         auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
         consumer_timeout_ms=int(timeout_s * 1000),
     )
     producer = KafkaProducer(bootstrap_servers=bootstrap)

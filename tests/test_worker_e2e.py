@@ -3,6 +3,8 @@
 import json
 import random
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -10,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from schemas.events import DeadLetter, TagEvent
 from scripts.local_services import create_topics, free_port
-from tests.kafka_helpers import produce, read_all, start_worker, values, worker_env
+from tests.kafka_helpers import REPO, produce, read_all, start_worker, values, worker_env
 from tests.model_factory import make_rows
 
 MALFORMED = [
@@ -79,6 +82,10 @@ def test_sigkill_mid_stream_loses_nothing(
         if worker.poll() is None:
             worker.kill()
     events = values(out)
+    for m in out[:200]:
+        TagEvent.model_validate_json(m.value)  # the wire format is the contract
+    for m in dlq:
+        DeadLetter.model_validate_json(m.value)
     by_product: dict[str, set[str]] = {}
     for ev in events:
         by_product.setdefault(ev["product_id"], set()).add(ev["event_id"])
@@ -99,55 +106,32 @@ def test_sigkill_mid_stream_loses_nothing(
     assert "worker stopped" in text
 
 
-def test_bad_settings_and_missing_model_fail_at_start(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.kafka_helpers import REPO
-
-    env = worker_env("127.0.0.1:1", "redis://127.0.0.1:1/0", tmp_path / "nope", "x", TAGGER_BATCHING__MAX_ITEMS="-1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 2 and "TAGGER_BATCHING__MAX_ITEMS" in proc.stderr
-    env.pop("TAGGER_BATCHING__MAX_ITEMS")
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "worker", "--check"],
+def _tagger_worker(env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", "worker", *flags],
         env=env,
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_bad_settings_and_missing_model_fail_at_start(tmp_path: Path) -> None:
+    env = worker_env("127.0.0.1:1", "redis://127.0.0.1:1/0", tmp_path / "nope", "x", TAGGER_BATCHING__MAX_ITEMS="-1")
+    proc = _tagger_worker(env)
+    assert proc.returncode == 2 and "TAGGER_BATCHING__MAX_ITEMS" in proc.stderr
+    env.pop("TAGGER_BATCHING__MAX_ITEMS")
+    proc = _tagger_worker(env, "--check")
     assert proc.returncode == 2 and "manifest.json" in proc.stderr
 
 
-@pytest.mark.parametrize("provider", ["cuda"])
-def test_check_flag_reports_missing_gpu(tiny_model: Path, provider: str) -> None:
-    import subprocess
-    import sys
-
-    from tests.kafka_helpers import REPO
-
-    env = worker_env("127.0.0.1:1", "redis://127.0.0.1:1/0", tiny_model, "x", TAGGER_MODEL__PROVIDER=provider)
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "worker", "--check"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_check_flag_reports_missing_gpu(tiny_model: Path) -> None:
+    env = worker_env("127.0.0.1:1", "redis://127.0.0.1:1/0", tiny_model, "x", TAGGER_MODEL__PROVIDER="cuda")
+    proc = _tagger_worker(env, "--check")
     assert proc.returncode == 2 and "CUDAExecutionProvider" in proc.stderr
     env["TAGGER_MODEL__ALLOW_CPU_FALLBACK"] = "true"
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "worker", "--check"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _tagger_worker(env, "--check")
     assert proc.returncode == 0 and "CPUExecutionProvider" in proc.stdout
 
 
@@ -157,8 +141,15 @@ def test_unreachable_kafka_is_retried_not_fatal(redis_url: str, tiny_model: Path
 
     kafka_port, http_port = free_port(), free_port()
     bootstrap = f"127.0.0.1:{kafka_port}"
-    env = worker_env(bootstrap, redis_url, tiny_model, unique, TAGGER_HTTP__PORT=str(http_port),
-                     TAGGER_KAFKA__BOOTSTRAP_TIMEOUT_S="1", TAGGER_KAFKA__RETRY_BACKOFF_MAX_S="1")
+    env = worker_env(
+        bootstrap,
+        redis_url,
+        tiny_model,
+        unique,
+        TAGGER_HTTP__PORT=str(http_port),
+        TAGGER_KAFKA__BOOTSTRAP_TIMEOUT_S="1",
+        TAGGER_KAFKA__RETRY_BACKOFF_MAX_S="1",
+    )
     worker = start_worker(env, tmp_path / "worker.log")
     broker = None
     try:

@@ -63,6 +63,7 @@ def make_consumer(s: KafkaSettings) -> KafkaConsumer:
         session_timeout_ms=s.session_timeout_ms,
         heartbeat_interval_ms=s.heartbeat_interval_ms,
         fetch_max_bytes=s.fetch_max_bytes,
+        fetch_max_wait_ms=s.fetch_max_wait_ms,
     )
 
 

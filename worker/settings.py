@@ -44,6 +44,15 @@ class KafkaSettings(_Section):
     max_poll_records: int = Field(500, ge=1, le=100_000, description="Records returned by one poll.")
     poll_timeout_ms: int = Field(50, ge=1, le=5_000, description="How long one poll waits for records.")
     fetch_max_bytes: int = Field(52_428_800, ge=1_024, description="Max bytes per fetch response.")
+    fetch_max_wait_ms: int = Field(
+        100, ge=0, le=5_000, description="Longest a fetch waits for data (bounds latency on a quiet topic)."
+    )
+    commit_interval_ms: int = Field(
+        200,
+        ge=0,
+        le=60_000,
+        description="Commit acknowledged offsets at most this often (0: after every batch); always on drain.",
+    )
     produce_timeout_s: float = Field(
         30.0, gt=0, description="Wait for the broker to acknowledge a batch's tag events before retrying."
     )
