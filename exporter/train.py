@@ -53,7 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="facets the extractive (BIO span) head learns: 'auto' (every facet whose values mostly occur "
         "verbatim in the text), 'none', or a comma list",
     )
-    p.add_argument("--span-loss-weight", type=float, default=1.0, help="weight of the span loss (default 1)")
+    p.add_argument(
+        "--span-loss-weight", type=float, default=0.1,
+        help="weight of the span loss (default 0.1: at 1.0 it took encoder capacity from the classifier, "
+        "validation category F1 0.897 vs 0.921)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
 
 
