@@ -308,6 +308,7 @@ class Bench:
             "TAGGER_BATCHING__MAX_TOKENS": str(a.max_tokens),
             "TAGGER_BATCHING__MAX_WAIT_MS": str(a.max_wait_ms),
             "TAGGER_BATCHING__MAX_IN_FLIGHT": str(a.max_in_flight),
+            "TAGGER_KAFKA__FETCH_MAX_WAIT_MS": str(a.fetch_max_wait_ms),
             "TAGGER_MODEL__INT8": "true" if a.int8 else "false",
             "TAGGER_HTTP__HOST": "127.0.0.1",
             "TAGGER_LOG__LEVEL": "INFO",
@@ -478,7 +479,7 @@ def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
 
 def kafka_floor(b: Bench, pool: list[dict[str, str]], rate: float, duration_s: float) -> dict[str, Any]:
     """Produce->receive latency through the broker alone, at the half-load rate, with a consumer
-    configured like the worker's (kafka-python defaults, fetch_max_wait_ms 500): the part of
+    configured like the worker's (same fetch_max_wait_ms): the part of
     the worker's latency that no worker change removes."""
     from kafka import KafkaConsumer
 
@@ -492,6 +493,7 @@ def kafka_floor(b: Bench, pool: list[dict[str, str]], rate: float, duration_s: f
         auto_offset_reset="earliest",
         session_timeout_ms=int(group_timeouts(b.args.smoke)["TAGGER_KAFKA__SESSION_TIMEOUT_MS"]),
         heartbeat_interval_ms=int(group_timeouts(b.args.smoke)["TAGGER_KAFKA__HEARTBEAT_INTERVAL_MS"]),
+        fetch_max_wait_ms=b.args.fetch_max_wait_ms,
     )
     n = max(10, int(rate * duration_s))
     latencies: list[float] = []
@@ -639,7 +641,7 @@ def render(r: dict[str, Any]) -> str:
     lines.append(
         f"| broker alone, half-load rate | {fmt(fl['rate_eps'])} offered | {fmt(fl['p50_ms'], 0)} "
         f"| {fmt(fl['p95_ms'], 0)} | {fmt(fl['p99_ms'], 0)} | produce -> plain consumer with the worker's "
-        f"fetch settings (fetch_max_wait_ms 500), no worker |"
+        f"fetch settings (fetch_max_wait_ms {r['settings']['fetch_max_wait_ms']}), no worker |"
     )
     for name in ("onnx_fp32", "onnx_int8", "torch_fp32"):
         if name in inf:
@@ -694,6 +696,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=b.max_tokens)
     p.add_argument("--max-wait-ms", type=float, default=b.max_wait_ms)
     p.add_argument("--max-in-flight", type=int, default=b.max_in_flight)
+    p.add_argument(
+        "--fetch-max-wait-ms", type=int, default=10,
+        help="worker fetch wait (10): Tansu holds every fetch this long even when data is there; Kafka does not",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes everywhere (for the test suite)")
     p.add_argument("--json-out", type=Path, default=None, help="also write the JSON result here")
     p.add_argument("--keep-logs", action="store_true", help="keep worker and broker logs (path in the JSON)")
@@ -780,6 +786,7 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "max_wait_ms": args.max_wait_ms,
         "max_in_flight": args.max_in_flight,
+        "fetch_max_wait_ms": args.fetch_max_wait_ms,
         "int8": args.int8,
         "linger_ms": k.linger_ms,
         "max_poll_records": k.max_poll_records,
