@@ -20,7 +20,8 @@ def bucket_of(item_id: str, salt: str = "") -> int:
 
 def split(rows: Sequence[TrainingRow], percent: int, salt: str = "") -> tuple[list[TrainingRow], list[TrainingRow]]:
     """(rest, held_out): an item is held out when sha1(salt + id) % 100 < percent."""
-    rest, held = [], []
+    rest: list[TrainingRow] = []
+    held: list[TrainingRow] = []
     for r in rows:
         (held if bucket_of(r.id, salt) < percent else rest).append(r)
     return rest, held

@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     variants = [False, True] if args.both else [args.int8]
     for int8 in variants:
         name = "model_int8" if int8 else "model"
-        out[name] = evaluate_model(args.model, args.data, int8)
-        if out[name]["extract_facets"]:  # the same model with its extractive head switched off
+        result = out[name] = evaluate_model(args.model, args.data, int8)
+        if result["extract_facets"]:  # the same model with its extractive head switched off
             out[f"{name}_classifier_only"] = evaluate_model(args.model, args.data, int8, extract=False)
     if args.baseline_train:
         from exporter.baseline import TfidfBaseline

@@ -22,10 +22,10 @@ class Tagger(nn.Module):
         self, encoder: nn.Module, hidden: int, n_labels: int, n_span_classes: int = 0, dropout: float = 0.1
     ) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder: Any = encoder  # a transformers PreTrainedModel
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, n_labels)
-        self.span_head = nn.Linear(hidden, n_span_classes) if n_span_classes else None
+        self.span_head: nn.Linear | None = nn.Linear(hidden, n_span_classes) if n_span_classes else None
 
     def forward_all(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor

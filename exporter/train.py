@@ -140,7 +140,7 @@ def predict_tags(
     known = known_spellings(labels)
     classified, merged = [], []
     for i, row in enumerate(scores):
-        cls = [(labels[j], float(row[j])) for j in np.nonzero(row >= thresholds)[0]]
+        cls = [(labels[int(j)], float(row[j])) for j in np.nonzero(row >= thresholds)[0]]
         classified.append([t for t, _ in cls])
         ext = extract(texts[i], offsets[i], spans[i], facets) if spans is not None else []
         merged.append([t for t, _ in merge(cls, ext, known)])

@@ -74,7 +74,7 @@ class DeadLetter(BaseModel):
     dead_lettered_at: datetime
 
 
-SCHEMAS = {"product_event": ProductEvent, "tag_event": TagEvent, "dead_letter": DeadLetter}
+SCHEMAS: dict[str, type[BaseModel]] = {"product_event": ProductEvent, "tag_event": TagEvent, "dead_letter": DeadLetter}
 SCHEMA_DIR = Path(__file__).parent / "json"
 
 

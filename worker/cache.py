@@ -93,7 +93,7 @@ class RedisCache:
             self._failed("MGET", exc)
             return [None] * len(keys)
         self._recovered()
-        return list(values)
+        return [v if isinstance(v, bytes | None) else str(v).encode() for v in values]
 
     def set_many(self, values: Mapping[str, bytes]) -> None:
         if not values or not self._available():

@@ -158,9 +158,9 @@ class BatchProcessor:
             m.stage.labels("inference").observe(elapsed)
             t = self.now()
             fresh = {}
-            for i, ts in zip(misses, tags, strict=True):
-                results[i] = ts
-                fresh[keys[i]] = encode_tags(ts)
+            for i, inferred in zip(misses, tags, strict=True):
+                results[i] = inferred
+                fresh[keys[i]] = encode_tags(inferred)
             self.cache.set_many(fresh)
             m.stage.labels("cache_set").observe(self.now() - t)
 

@@ -125,14 +125,14 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED, frozen=True, extra="forbid")
 
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka connection and topics.")
-    redis: RedisSettings = Field(default_factory=RedisSettings, description="Result cache.")
-    model: ModelSettings = Field(default_factory=ModelSettings, description="Model artifact and runtime.")
-    batching: BatchingSettings = Field(default_factory=BatchingSettings, description="Micro-batching.")
-    limits: LimitSettings = Field(default_factory=LimitSettings, description="Input bounds.")
-    http: HttpSettings = Field(default_factory=HttpSettings, description="Health and metrics endpoint.")
-    log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
-    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings, description="Graceful drain.")
+    kafka: KafkaSettings = Field(KafkaSettings(), description="Kafka connection and topics.")
+    redis: RedisSettings = Field(RedisSettings(), description="Result cache.")
+    model: ModelSettings = Field(ModelSettings(), description="Model artifact and runtime.")
+    batching: BatchingSettings = Field(BatchingSettings(), description="Micro-batching.")
+    limits: LimitSettings = Field(LimitSettings(), description="Input bounds.")
+    http: HttpSettings = Field(HttpSettings(), description="Health and metrics endpoint.")
+    log: LogSettings = Field(LogSettings(), description="Logging.")
+    shutdown: ShutdownSettings = Field(ShutdownSettings(), description="Graceful drain.")
 
 
 class SettingsError(ValueError):
