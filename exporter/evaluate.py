@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from exporter.metrics import report
-from schemas.training import load_rows
+from schemas.training import TrainingRow, load_rows
 from worker.engine import TagEngine, compose_text
 
 
@@ -21,8 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="also write the JSON report here")
 
 
-def evaluate_model(model_dir: Path, data: Path, int8: bool = False, extract: bool = True) -> dict[str, object]:
-    rows = load_rows(data).rows
+def evaluate_model(
+    model_dir: Path, rows: Sequence[TrainingRow], int8: bool = False, extract: bool = True
+) -> dict[str, object]:
     engine = TagEngine(model_dir, int8=int8, extract=extract)
     started = time.monotonic()
     tags = engine.tag_texts([compose_text(r.title, r.description) for r in rows])
@@ -34,17 +36,17 @@ def evaluate_model(model_dir: Path, data: Path, int8: bool = False, extract: boo
 
 
 def run(args: argparse.Namespace) -> int:
+    rows = load_rows(args.data).rows
     out: dict[str, object] = {}
     variants = [False, True] if args.both else [args.int8]
     for int8 in variants:
         name = "model_int8" if int8 else "model"
-        result = out[name] = evaluate_model(args.model, args.data, int8)
+        result = out[name] = evaluate_model(args.model, rows, int8)
         if result["extract_facets"]:  # the same model with its extractive head switched off
-            out[f"{name}_classifier_only"] = evaluate_model(args.model, args.data, int8, extract=False)
+            out[f"{name}_classifier_only"] = evaluate_model(args.model, rows, int8, extract=False)
     if args.baseline_train:
         from exporter.baseline import TfidfBaseline
 
-        rows = load_rows(args.data).rows
         started = time.monotonic()
         baseline = TfidfBaseline().fit(load_rows(args.baseline_train).rows)
         pred = baseline.predict([compose_text(r.title, r.description) for r in rows])

@@ -22,7 +22,7 @@ from exporter.metrics import binarize, micro_f1
 from exporter.model import Tagger
 from schemas.training import load_rows
 from worker.artifact import write_manifest
-from worker.engine import bucket, compose_text
+from worker.engine import bucket, compose_text, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _batches(ids: list[list[int]], pad_id: int, max_items: int = 64) -> list[tuple[list[int], dict[str, np.ndarray]]]:
     out = []
     for group in bucket([len(x) for x in ids], max_items, 1 << 30):
-        longest = max(len(ids[i]) for i in group)
-        input_ids = np.full((len(group), longest), pad_id, dtype=np.int64)
-        mask = np.zeros_like(input_ids)
-        for row, i in enumerate(group):
-            input_ids[row, : len(ids[i])] = ids[i]
-            mask[row, : len(ids[i])] = 1
+        input_ids, mask = pad_batch([ids[i] for i in group], pad_id)
         out.append((group, {"input_ids": input_ids, "attention_mask": mask}))
     return out
 

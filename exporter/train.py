@@ -21,7 +21,7 @@ from exporter.data import split, write_rows
 from exporter.metrics import binarize, choose_thresholds, report
 from exporter.model import Tagger
 from schemas.training import TrainingRow, facet_of, load_rows
-from worker.engine import compose_text
+from worker.engine import compose_text, over_threshold, pad_batch
 from worker.spans import IGNORE, align, bio_labels, extract, find_span, known_spellings, merge, n_classes
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "verbatim in the text), 'none', or a comma list",
     )
     p.add_argument(
-        "--span-loss-weight", type=float, default=0.1,
+        "--span-loss-weight",
+        type=float,
+        default=0.1,
         help="weight of the span loss (default 0.1: at 1.0 it took encoder capacity from the classifier, "
         "validation category F1 0.897 vs 0.921)",
     )
@@ -84,13 +86,8 @@ def choose_extract_facets(rows: Sequence[TrainingRow], option: str, min_share: f
 
 
 def _pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), longest), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    return input_ids, mask
+    input_ids, mask = pad_batch(ids, pad_id)
+    return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -140,7 +137,7 @@ def predict_tags(
     known = known_spellings(labels)
     classified, merged = [], []
     for i, row in enumerate(scores):
-        cls = [(labels[int(j)], float(row[j])) for j in np.nonzero(row >= thresholds)[0]]
+        cls = over_threshold(row, thresholds, labels)
         classified.append([t for t, _ in cls])
         ext = extract(texts[i], offsets[i], spans[i], facets) if spans is not None else []
         merged.append([t for t, _ in merge(cls, ext, known)])

@@ -13,9 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.training import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
+
 MAX_PRODUCT_ID_CHARS = 256
-MAX_TITLE_CHARS = 2_000
-MAX_DESCRIPTION_CHARS = 20_000
 
 DeadLetterReason = Literal[
     "too_large", "not_utf8", "not_json", "not_object", "schema", "empty_title", "oversized_field"

@@ -9,7 +9,6 @@ show the Redis cache, then stops everything it started.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from exporter.data import bucket_of
 from scripts.local_services import create_topics, env_without, free_port, local_stack
 from scripts.model_cache import FLIPKART, REPO, ensure_model
 
@@ -40,7 +40,7 @@ def sample_products(path: Path, n: int) -> list[dict[str, str]]:
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
-            if int(hashlib.sha1(row["id"].encode()).hexdigest(), 16) % 100 >= 20:
+            if bucket_of(row["id"]) >= 20:
                 continue
             event = {"product_id": row["id"], "title": row["title"]}
             if row.get("description"):

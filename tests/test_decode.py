@@ -3,9 +3,10 @@ import json
 import pytest
 
 from schemas.events import ProductEvent
-from worker.decode import Invalid, Limits, cache_key, content_hash, decode_product, event_id, model_text
+from worker.decode import Invalid, cache_key, content_hash, decode_product, event_id, model_text
+from worker.settings import LimitSettings
 
-LIMITS = Limits(max_message_bytes=5_000, max_title_chars=100, max_description_chars=200, max_product_id_chars=20)
+LIMITS = LimitSettings(max_message_bytes=5_000, max_title_chars=100, max_description_chars=200, max_product_id_chars=20)
 
 
 def ok(obj: object) -> ProductEvent:
@@ -49,7 +50,7 @@ def test_bad_input_has_a_reason(raw: bytes | None, expected: str) -> None:
 
 def test_deeply_nested_json_is_not_a_crash() -> None:
     deep = b"[" * 2_400 + b"]" * 2_400  # under the size limit, deeper than json's recursion limit
-    result = decode_product(deep, Limits())
+    result = decode_product(deep, LimitSettings())
     assert isinstance(result, Invalid) and result.reason in {"not_json", "not_object"}
 
 

@@ -12,16 +12,9 @@ from pydantic import ValidationError
 
 from schemas.events import DeadLetterReason, ProductEvent
 from worker.engine import compose_text
+from worker.settings import LimitSettings
 
 EVENT_NAMESPACE = uuid.UUID("6f1c3c52-8f5e-4d0e-9a57-3a1d5d0c2b11")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_message_bytes: int = 1_000_000
-    max_title_chars: int = 2_000
-    max_description_chars: int = 20_000
-    max_product_id_chars: int = 256
 
 
 @dataclass(frozen=True)
@@ -30,7 +23,7 @@ class Invalid:
     message: str
 
 
-def decode_product(raw: bytes | None, limits: Limits) -> ProductEvent | Invalid:
+def decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
     """Every failure is a reason, never an exception."""
     if raw is None:
         return Invalid("not_json", "record has no value (tombstone)")

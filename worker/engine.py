@@ -81,6 +81,22 @@ def bucket(lengths: Sequence[int], max_items: int, max_tokens: int) -> list[list
     return groups
 
 
+def pad_batch(ids: Sequence[Sequence[int] | np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) int64 [n, longest], right-padded with `pad_id`."""
+    longest = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), longest), dtype=np.int64)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = x
+        mask[row, : len(x)] = 1
+    return input_ids, mask
+
+
+def over_threshold(row: np.ndarray, thresholds: np.ndarray, labels: Sequence[str]) -> list[tuple[str, float]]:
+    """The classifier's tags for one item: every label whose score reaches its threshold."""
+    return [(labels[int(j)], float(row[j])) for j in np.nonzero(row >= thresholds)[0]]
+
+
 class TagEngine:
     """Loads a model artifact and tags texts. Create it in the process (thread) that uses it."""
 
@@ -154,12 +170,7 @@ class TagEngine:
         ]
 
     def _run(self, items: list[Encoded]) -> dict[str, np.ndarray]:
-        longest = max(len(x) for x in items)
-        input_ids = np.full((len(items), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(items), longest), dtype=np.int64)
-        for row, x in enumerate(items):
-            input_ids[row, : len(x)] = x.ids
-            mask[row, : len(x)] = 1
+        input_ids, mask = pad_batch([x.ids for x in items], self.pad_id)
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
@@ -185,13 +196,13 @@ class TagEngine:
         """Tags over threshold plus extracted spans (one score per tag), highest score first."""
         result = []
         for i, row in enumerate(outputs.scores):
-            hits = np.nonzero(row >= self.thresholds)[0]
-            classified = [(self.labels[j], float(row[j])) for j in hits]
-            if outputs.spans is None:
-                merged = sorted(classified, key=lambda t: -t[1])
-            else:
-                extracted = extract(items[i].text, items[i].offsets, outputs.spans[i], self.extract_facets)
-                merged = merge(classified, extracted, self._known)
+            classified = over_threshold(row, self.thresholds, self.labels)
+            extracted = (
+                extract(items[i].text, items[i].offsets, outputs.spans[i], self.extract_facets)
+                if outputs.spans is not None
+                else []
+            )
+            merged = merge(classified, extracted, self._known)
             result.append([Tag(t, round(s, 4)) for t, s in merged])
         return result
 

@@ -84,7 +84,7 @@ class KafkaPublisher:
                     acks="all",
                     linger_ms=self.settings.linger_ms,
                     batch_size=262_144,
-                    max_request_size=max(1_048_576, 4 * 1_048_576),
+                    max_request_size=4 * 1_048_576,
                 )
             return self._producer
 

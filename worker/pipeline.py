@@ -29,7 +29,6 @@ from worker.batcher import Batcher
 from worker.cache import Cache
 from worker.decode import (
     Invalid,
-    Limits,
     cache_key,
     content_hash,
     decode_product,
@@ -40,7 +39,7 @@ from worker.decode import (
 from worker.engine import Tag, TagEngine
 from worker.kafka_io import Publisher
 from worker.metrics import Metrics
-from worker.settings import WorkerSettings
+from worker.settings import LimitSettings, WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class Health:
         return self.kafka_ok and not self.stopping
 
 
-def to_record(msg: Any, received: float, limits: Limits, max_seq_len: int) -> tuple[Record, int]:
+def to_record(msg: Any, received: float, limits: LimitSettings, max_seq_len: int) -> tuple[Record, int]:
     """Kafka message -> decoded Record and its token estimate (0 for invalid records)."""
     rec = Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp, received)
     decoded = decode_product(msg.value, limits)
@@ -285,7 +284,7 @@ class Worker(ConsumerRebalanceListener):
         self.stop, self.now = stop, now
         b = settings.batching
         self.batcher: Batcher[Record] = Batcher(b.max_items, b.max_tokens, b.max_wait_ms / 1000, now=now)
-        self.limits = Limits(**settings.limits.model_dump())
+        self.limits = settings.limits
         self.max_seq_len = processor.engine.manifest.max_seq_len
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self.in_flight: deque[Future[BatchOutcome]] = deque()

@@ -12,6 +12,8 @@ from typing import Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.events import MAX_DESCRIPTION_CHARS, MAX_PRODUCT_ID_CHARS, MAX_TITLE_CHARS
+
 ENV_PREFIX = "TAGGER_"
 NESTED = "__"
 
@@ -99,9 +101,11 @@ class BatchingSettings(_Section):
 
 class LimitSettings(_Section):
     max_message_bytes: int = Field(1_000_000, ge=256, description="Larger product events are dead-lettered.")
-    max_title_chars: int = Field(2_000, ge=1, description="Longer titles are dead-lettered.")
-    max_description_chars: int = Field(20_000, ge=0, description="Longer descriptions are dead-lettered.")
-    max_product_id_chars: int = Field(256, ge=1, description="Longer product ids are dead-lettered.")
+    max_title_chars: int = Field(MAX_TITLE_CHARS, ge=1, description="Longer titles are dead-lettered.")
+    max_description_chars: int = Field(
+        MAX_DESCRIPTION_CHARS, ge=0, description="Longer descriptions are dead-lettered."
+    )
+    max_product_id_chars: int = Field(MAX_PRODUCT_ID_CHARS, ge=1, description="Longer product ids are dead-lettered.")
 
 
 class HttpSettings(_Section):
