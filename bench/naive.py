@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.engine import compose_text
+from worker.contract import compose_text
 
 
 @dataclass

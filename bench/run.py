@@ -45,7 +45,7 @@ import numpy as np
 from scripts.local_services import Service, create_topics, ensure_redis, start_tansu
 from scripts.model_cache import FLIPKART, REPO, ensure_model, model_is_usable
 from tests.kafka_helpers import read_all, start_worker, worker_env
-from worker.engine import compose_text
+from worker.contract import compose_text
 from worker.settings import BatchingSettings, KafkaSettings
 
 log = logging.getLogger("bench")

@@ -14,7 +14,7 @@ from exporter.data import split
 from exporter.metrics import binarize, choose_thresholds
 from exporter.train import VAL_SALT, build_labels
 from schemas.training import TrainingRow
-from worker.engine import compose_text
+from worker.contract import compose_text
 
 
 class TfidfBaseline:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from exporter.metrics import report
 from schemas.training import TrainingRow, load_rows
-from worker.engine import TagEngine, compose_text
+from worker.contract import compose_text
+from worker.engine import TagEngine
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

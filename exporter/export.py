@@ -22,7 +22,7 @@ from exporter.metrics import binarize, micro_f1
 from exporter.model import Tagger
 from schemas.training import load_rows
 from worker.artifact import write_manifest
-from worker.engine import bucket, compose_text, pad_batch
+from worker.contract import bucket, compose_text, pad_batch
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from exporter.data import split, write_rows
 from exporter.metrics import binarize, choose_thresholds, report
 from exporter.model import Tagger
 from schemas.training import TrainingRow, facet_of, load_rows
-from worker.engine import compose_text, over_threshold, pad_batch
+from worker.contract import compose_text, over_threshold, pad_batch
 from worker.spans import IGNORE, align, bio_labels, extract, find_span, known_spellings, merge, n_classes
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ from exporter.export import ExportValidationError, check_parity
 from exporter.metrics import choose_thresholds, report
 from tests.model_factory import make_rows, train_args, write_jsonl
 from worker.artifact import ArtifactError, load_manifest
-from worker.engine import ProviderUnavailableError, TagEngine, bucket, compose_text
+from worker.contract import bucket, compose_text
+from worker.engine import ProviderUnavailableError, TagEngine
 
 
 def test_artifact_is_self_describing(tiny_model: Path) -> None:

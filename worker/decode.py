@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from schemas.events import DeadLetterReason, ProductEvent
-from worker.engine import compose_text
+from worker.contract import compose_text
 from worker.settings import LimitSettings
 
 EVENT_NAMESPACE = uuid.UUID("6f1c3c52-8f5e-4d0e-9a57-3a1d5d0c2b11")

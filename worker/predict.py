@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from schemas.training import TrainingRow, load_rows
-from worker.engine import Tag, TagEngine, compose_text
+from worker.contract import compose_text
+from worker.engine import Tag, TagEngine
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
