@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench lint docs
+.PHONY: setup demo test test-all bench lint docs quality quality-quick
 
 setup: $(SETUP)
 
@@ -34,6 +34,14 @@ test-all: $(SETUP)
 
 bench: $(SETUP)
 	$(PY) -m bench.run
+
+# The default recipe vs the TF-IDF baseline on every dataset in ../shared/data (grouped split, int8
+# served); up to ~20 minutes of training per dataset. Last line: one JSON object.
+quality: $(SETUP)
+	$(PY) -m exporter.quality
+
+quality-quick: $(SETUP)
+	$(PY) -m exporter.quality --quick
 
 lint: $(SETUP)
 	$(VENV)/bin/ruff check schemas exporter worker tests bench scripts

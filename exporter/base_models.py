@@ -40,6 +40,7 @@ SHORT_NAMES = {
     "sentence-transformers/all-MiniLM-L6-v2": _packaged_minilm,
 }
 DEFAULT_BASE = "all-MiniLM-L6-v2"
+MULTILINGUAL_BASE = "e5-small"
 
 
 def resolve_base_model(name_or_dir: str) -> Path:

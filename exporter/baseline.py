@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.sparse import hstack
@@ -21,7 +22,7 @@ class TfidfBaseline:
     def __init__(self, min_tag_count: int = 5, c: float = 10.0, analyzer_char: bool = True) -> None:
         self.min_tag_count, self.c, self.analyzer_char = min_tag_count, c, analyzer_char
 
-    def _features(self, texts: Sequence[str], fit: bool = False):  # type: ignore[no-untyped-def]
+    def _features(self, texts: Sequence[str], fit: bool = False) -> Any:
         if fit:
             self.word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
             self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=2, sublinear_tf=True)

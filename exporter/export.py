@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -20,9 +22,12 @@ import torch
 
 from exporter.metrics import binarize, micro_f1
 from exporter.model import Tagger
+from exporter.train import predict_tags
 from schemas.training import load_rows
 from worker.artifact import write_manifest
-from worker.contract import bucket, compose_text, pad_batch
+from worker.contract import Manifest, RunMeta, bucket, compose_text, fuse, pad_batch, sigmoid
+from worker.engine import TagEngine
+from worker.lexical import LexicalModel
 
 log = logging.getLogger(__name__)
 
@@ -129,22 +134,45 @@ def _export_onnx(model: Tagger, sample: tuple[torch.Tensor, torch.Tensor], onnx_
     )
 
 
-def export(args: argparse.Namespace) -> dict[str, object]:
+def export(args: argparse.Namespace) -> Manifest:
+    """Write the artifact into a staging directory beside `--out`, validate it there, then swap it
+    in: a failing export never destroys the model that `--out` held before."""
     started = time.monotonic()
     model, meta = Tagger.load(args.checkpoint)
-    labels: list[str] = meta["labels"]  # type: ignore[assignment]
-    thresholds = np.asarray(meta["thresholds"], dtype=np.float32)
-    pad_id = int(meta.get("pad_token_id") or 0)  # type: ignore[call-overload]
+    decisions = meta.decisions
+    labels = decisions.labels
     out: Path = args.out
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        manifest = _build(args, model, meta, stage)
+        _swap_in(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    print(f"wrote {out} (model_version {manifest.model_version}, {len(labels)} labels) in "
+          f"{time.monotonic() - started:.0f} s")
+    return manifest
 
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Replace `out` by the verified `stage` (the old directory is removed only after the rename)."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(stage, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) -> Manifest:
+    decisions = meta.decisions
+    labels = decisions.labels
+    pad_id = meta.pad_token_id
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(args.checkpoint / "encoder" / "tokenizer.json"))
     tokenizer.no_padding()
-    tokenizer.enable_truncation(int(meta["max_seq_len"]))  # type: ignore[call-overload]
+    tokenizer.enable_truncation(meta.max_seq_len)
     val_rows = load_rows(args.checkpoint / "val.jsonl").rows
     val_texts = [compose_text(r.title, r.description) for r in val_rows]
     val_ids = [e.ids for e in tokenizer.encode_batch(val_texts)]
@@ -167,52 +195,69 @@ def export(args: argparse.Namespace) -> dict[str, object]:
         max_diff = max(max_diff, span_diff)
     print(f"parity: {len(parity_ids)} validation items, max |torch - onnx| logit = {max_diff:.2e} (atol {args.atol})")
 
-    metrics: dict[str, object] = {
-        "validation": meta.get("validation"),
-        "validation_with_extractor": meta.get("validation_with_extractor"),
-        "parity": {"items": len(parity_ids), "max_abs_logit_diff": max_diff, "atol": args.atol},
-    }
-    int8_info = None
+    for name in TOKENIZER_FILES:
+        src = args.checkpoint / "encoder" / name
+        if src.is_file():
+            shutil.copy(src, out / name)
+    lexical = LexicalModel.load(args.checkpoint) if decisions.lexical else None
+    if lexical is not None:
+        lexical.save(out)
+    int8_path = out / "model.int8.onnx"
     if args.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        int8_path = out / "model.int8.onnx"
         quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-        sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
-        s32 = sig(onnx_logits(_session(onnx_path), val_ids, pad_id, len(labels)))
-        s8 = sig(onnx_logits(_session(int8_path), val_ids, pad_id, len(labels)))
-        d32, d8 = s32 >= thresholds, s8 >= thresholds
+    fields = dict(
+        base_model=meta.base_model,
+        decisions=decisions,
+        opset=OPSET,
+        max_seq_len=meta.max_seq_len,
+        pad_token_id=pad_id,
+        training={
+            k: getattr(meta, k) for k in ("seed", "steps", "epochs_done", "train_rows", "train_seconds")
+        },
+    )
+    write_manifest(out, **fields)  # provisional, so the serving engine can load the staged artifact
+
+    # The served path (TagEngine: ONNX Runtime + lexical channel + decisions, as in `predict` and the
+    # worker) must give the tags the trainer's path gives from PyTorch outputs.
+    parity_texts = val_texts[: args.parity_items]
+    engine = TagEngine(out, extract=True)
+    served = [[t.tag for t in tags] for tags in engine.tag_texts(parity_texts)]
+    enc = tokenizer.encode_batch(parity_texts)
+    lex = sigmoid(lexical.logits(parity_texts)) if lexical is not None else None
+    fused = fuse(sigmoid(ref_logits), lex, decisions.encoder_weight)
+    _, expected = predict_tags(parity_texts, [e.offsets for e in enc], fused, ref_spans, decisions)
+    mismatched = [i for i, (a, b) in enumerate(zip(served, expected, strict=True)) if set(a) != set(b)]
+    if mismatched:
+        i = mismatched[0]
+        raise ExportValidationError(
+            f"served tags differ from the trainer's on {len(mismatched)} of {len(parity_texts)} items; "
+            f"first: item {i} served {served[i]} expected {expected[i]}"
+        )
+    print(f"decision parity: served tags equal the trainer's on {len(parity_texts)} validation items")
+
+    metrics: dict[str, object] = {
+        "validation": meta.validation,
+        "ablation": meta.ablation,
+        "parity": {"items": len(parity_ids), "max_abs_logit_diff": max_diff, "atol": args.atol, "tag_sets_equal": 1.0},
+    }
+    int8_info = None
+    if args.int8:
         y = binarize([r.tags for r in val_rows], labels)
+        tags32 = engine.tag_texts(val_texts)
+        tags8 = TagEngine(out, int8=True).tag_texts(val_texts)
+        d32 = binarize([[t.tag for t in x] for x in tags32], labels)
+        d8 = binarize([[t.tag for t in x] for x in tags8], labels)
         int8_info = {
-            "items": len(val_ids),
-            "max_abs_score_diff": round(float(np.abs(s32 - s8).max()), 5),
+            "items": len(val_texts),
             "decision_agreement": round(float((d32 == d8).mean()), 6),
             "identical_tag_sets": round(float((d32 == d8).all(axis=1).mean()), 4),
             "micro_f1_fp32": round(micro_f1(y, d32), 4),
             "micro_f1_int8": round(micro_f1(y, d8), 4),
         }
         print("int8 vs fp32 on the validation split:", json.dumps(int8_info))
-
-    for name in TOKENIZER_FILES:
-        src = args.checkpoint / "encoder" / name
-        if src.is_file():
-            shutil.copy(src, out / name)
-    manifest = write_manifest(
-        out,
-        base_model=str(meta["base_model"]),
-        labels=labels,
-        thresholds=[float(t) for t in thresholds],
-        threshold_strategy=str(meta.get("threshold_strategy", "per_tag")),
-        opset=OPSET,
-        max_seq_len=int(meta["max_seq_len"]),  # type: ignore[call-overload]
-        pad_token_id=pad_id,
-        extract_facets=list(meta.get("extract_facets") or []),  # type: ignore[call-overload]
-        metrics=metrics,
-        int8=int8_info,
-        training={k: meta.get(k) for k in ("seed", "steps", "epochs_done", "train_rows", "train_seconds")},
-    )
-    print(f"wrote {out} (model_version {manifest.model_version}) in {time.monotonic() - started:.0f} s")
-    return manifest.model_dump()
+    return write_manifest(out, **fields, metrics=metrics, int8=int8_info)
 
 
 def run(args: argparse.Namespace) -> int:

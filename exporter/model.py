@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
+
+from worker.contract import RunMeta
 
 HEAD_FILE = "head.pt"
 META_FILE = "tagger.json"
@@ -46,24 +47,22 @@ class Tagger(nn.Module):
         encoder = AutoModel.from_pretrained(base_dir, **_pooler_kwargs(base_dir))
         return cls(encoder, encoder.config.hidden_size, n_labels, n_span_classes)
 
-    def save(self, run_dir: Path, meta: dict[str, object]) -> None:
+    def save(self, run_dir: Path, meta: RunMeta) -> None:
         self.encoder.save_pretrained(run_dir / "encoder")
         heads = {"head": self.head.state_dict()}
         if self.span_head is not None:
             heads["span_head"] = self.span_head.state_dict()
         torch.save(heads, run_dir / HEAD_FILE)
-        (run_dir / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        (run_dir / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
 
     @classmethod
-    def load(cls, run_dir: Path) -> tuple[Tagger, dict[str, object]]:
-        meta = json.loads((run_dir / META_FILE).read_text())
+    def load(cls, run_dir: Path) -> tuple[Tagger, RunMeta]:
+        meta = RunMeta.model_validate_json((run_dir / META_FILE).read_text())
         encoder = AutoModel.from_pretrained(run_dir / "encoder", **_pooler_kwargs(run_dir / "encoder"))
-        facets = meta.get("extract_facets") or []
-        n_span = 1 + 2 * len(facets) if facets else 0  # type: ignore[arg-type]
-        model = cls(encoder, encoder.config.hidden_size, len(meta["labels"]), n_span)  # type: ignore[arg-type]
+        facets = meta.decisions.extract_facets
+        n_span = 1 + 2 * len(facets) if facets else 0
+        model = cls(encoder, encoder.config.hidden_size, len(meta.decisions.labels), n_span)
         heads = torch.load(run_dir / HEAD_FILE, weights_only=True)
-        if "head" not in heads:  # runs written before the extractive head existed
-            heads = {"head": heads}
         model.head.load_state_dict(heads["head"])
         if model.span_head is not None:
             model.span_head.load_state_dict(heads["span_head"])

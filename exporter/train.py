@@ -16,13 +16,24 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from exporter.base_models import DEFAULT_BASE, resolve_base_model
+from exporter.base_models import DEFAULT_BASE, MULTILINGUAL_BASE, resolve_base_model
 from exporter.data import split, write_rows
-from exporter.metrics import binarize, choose_thresholds, report
+from exporter.lexical_fit import fit_lexical
+from exporter.metrics import binarize, choose_thresholds, micro_f1, report
 from exporter.model import Tagger
 from schemas.training import TrainingRow, facet_of, load_rows
-from worker.contract import compose_text, over_threshold, pad_batch
-from worker.spans import IGNORE, align, bio_labels, extract, find_span, known_spellings, merge, n_classes
+from worker.contract import (
+    Decider,
+    Decisions,
+    RunMeta,
+    compose_text,
+    enforce_single,
+    fuse,
+    pad_batch,
+    sigmoid,
+    single_valued_slots,
+)
+from worker.spans import IGNORE, _is_cjk, align, bio_labels, extract, find_span, known_spellings, merge, n_classes
 
 log = logging.getLogger(__name__)
 VAL_SALT = "val"
@@ -31,11 +42,35 @@ VAL_SALT = "val"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="training JSONL (id, title, description?, tags)")
     p.add_argument("--out", required=True, type=Path, help="run directory to write")
-    p.add_argument("--base-model", default=DEFAULT_BASE, help=f"short name or local HF dir (default {DEFAULT_BASE})")
-    p.add_argument("--epochs", type=float, default=3.0, help="passes over the training split (default 3)")
+    p.add_argument(
+        "--base-model",
+        default="auto",
+        help=f"short name or local HF dir; 'auto' (default): {DEFAULT_BASE} for Latin-script catalogs, "
+        f"{MULTILINGUAL_BASE} when titles are noticeably CJK",
+    )
+    p.add_argument(
+        "--epochs",
+        type=float,
+        default=12.0,
+        help="most passes over the training split (default 12); training also stops at the time budget "
+        "or when validation micro-F1 has not improved for --patience epochs",
+    )
+    p.add_argument("--patience", type=int, default=2, help="epochs without validation gain before stopping")
     p.add_argument("--max-minutes", type=float, default=20.0, help="wall-clock budget for training (default 20)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (exact reproduction of a run)")
-    p.add_argument("--min-tag-count", type=int, default=5, help="tags seen fewer times are not learned (default 5)")
+    p.add_argument(
+        "--min-tag-count",
+        type=int,
+        default=2,
+        help="tags seen fewer times are not learned (default 2: the lexical channel and the extractor "
+        "carry rare brands and models)",
+    )
+    p.add_argument(
+        "--no-lexical",
+        dest="lexical",
+        action="store_false",
+        help="train without the lexical (n-gram) channel (for ablations)",
+    )
     p.add_argument("--seed", type=int, default=13, help="seed for init, shuffling and dropout (default 13)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate (default 1e-4)")
@@ -129,22 +164,65 @@ def predict_tags(
     offsets: Sequence[Sequence[tuple[int, int]]],
     scores: np.ndarray,
     spans: list[np.ndarray] | None,
-    labels: Sequence[str],
-    thresholds: np.ndarray,
-    facets: Sequence[str],
+    decisions: Decisions,
 ) -> tuple[list[list[str]], list[list[str]]]:
-    """(classifier-only tags, classifier + extracted tags) per item."""
-    known = known_spellings(labels)
+    """(classifier-only tags, classifier + extracted tags) per item: the serving rules
+    (`worker.engine.TagEngine.decode`) applied to scores computed here."""
+    known = known_spellings(decisions.labels)
+    decider = decisions.decider()
+    single = set(decisions.single_slots)
     classified, merged = [], []
     for i, row in enumerate(scores):
-        cls = over_threshold(row, thresholds, labels)
+        cls = decider.decide(row)
         classified.append([t for t, _ in cls])
-        ext = extract(texts[i], offsets[i], spans[i], facets) if spans is not None else []
-        merged.append([t for t, _ in merge(cls, ext, known)])
+        ext = extract(texts[i], offsets[i], spans[i], decisions.extract_facets) if spans is not None else []
+        merged.append([t for t, _ in enforce_single(merge(cls, ext, known), single)])
     return classified, merged
 
 
-def train(args: argparse.Namespace) -> dict[str, object]:
+def auto_base_model(rows: Sequence[TrainingRow], cjk_share: float = 0.05) -> str:
+    """MiniLM (English WordPiece) for Latin-script catalogs; multilingual-e5-small when a noticeable
+    share of the title characters is CJK (MiniLM turns most of them into [UNK])."""
+    chars = "".join(r.title for r in rows[:2000])
+    cjk = sum(1 for ch in chars if _is_cjk(ch))
+    return MULTILINGUAL_BASE if chars and cjk / len(chars) >= cjk_share else DEFAULT_BASE
+
+
+def calibrate(
+    y_val: np.ndarray,
+    labels: list[str],
+    encoder_scores: np.ndarray,
+    lexical_scores: np.ndarray | None,
+    single_slots: list[str],
+    seed: int,
+) -> tuple[float, str, np.ndarray, dict[str, float], dict[str, float]]:
+    """Choose the fusion weight, the threshold strategy and thresholds on validation.
+
+    Each candidate weight is scored out of sample: thresholds tuned on one half of the validation
+    split are scored on the other (both ways), with the serving decisions (single-valued slots,
+    hierarchy). Returns (weight, strategy, thresholds, strategy comparison, micro-F1 per weight)."""
+    weights = [1.0] if lexical_scores is None else [round(w, 2) for w in np.arange(0.0, 1.01, 0.1)]
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(y_val))
+    halves = (idx[: len(idx) // 2], idx[len(idx) // 2 :])
+    by_weight: dict[str, float] = {}
+    for w in weights:
+        fused = fuse(encoder_scores, lexical_scores, w)
+        fs = []
+        for a, b in (halves, halves[::-1]):
+            strategy, th, _ = choose_thresholds(fused[a], y_val[a], labels, seed=seed)
+            pred = binarize([[t for t, _ in x] for x in Decider(labels, th, single_slots).decide_all(fused[b])], labels)
+            fs.append(micro_f1(y_val[b], pred))
+        by_weight[f"{w:.1f}"] = round(float(np.mean(fs)), 4)
+    # Ties go to the middle: both channels in, neither trusted alone.
+    best = max(weights, key=lambda w: (by_weight[f"{w:.1f}"], -abs(w - 0.5)))
+    strategy, thresholds, comparison = choose_thresholds(
+        fuse(encoder_scores, lexical_scores, best), y_val, labels, seed=seed
+    )
+    return best, strategy, thresholds, comparison, by_weight
+
+
+def train(args: argparse.Namespace) -> RunMeta:
     started = time.monotonic()
     budget_s = args.max_minutes * 60
     random.seed(args.seed)
@@ -163,13 +241,16 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     if not labels:
         raise SystemExit(f"no tag occurs at least {args.min_tag_count} times; lower --min-tag-count")
     log.info("%d train / %d validation rows, %d labels", len(train_rows), len(val_rows), len(labels))
+    base_name = auto_base_model(train_rows) if args.base_model == "auto" else args.base_model
+    log.info("base model: %s", base_name)
 
-    base_dir = resolve_base_model(args.base_model)
+    base_dir = resolve_base_model(base_name)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     pad_id = tokenizer.pad_token_id or 0
 
     facets = choose_extract_facets(train_rows, args.extract_facets)
     log.info("extractive head facets: %s", facets or "none")
+    single_slots = single_valued_slots([r.tags for r in train_rows])
 
     def encode(rows: Sequence[TrainingRow]) -> tuple[list[str], list[list[int]], list[list[tuple[int, int]]]]:
         texts = [compose_text(r.title, r.description) for r in rows]
@@ -178,6 +259,17 @@ def train(args: argparse.Namespace) -> dict[str, object]:
 
     train_texts, train_ids, train_offsets = encode(train_rows)
     val_texts, val_ids, val_offsets = encode(val_rows)
+    y_train_np = binarize([r.tags for r in train_rows], labels)
+    y_val = binarize([r.tags for r in val_rows], labels)
+
+    lexical = None
+    lexical_val: np.ndarray | None = None
+    if args.lexical:
+        t = time.monotonic()
+        lexical = fit_lexical(train_texts, y_train_np, seed=args.seed)
+        lexical_val = sigmoid(lexical.logits(val_texts))
+        log.info("lexical channel: %d features, fitted in %.0f s", len(lexical.featurizer), time.monotonic() - t)
+
     train_bio = (
         [
             bio_labels(offs, align(text, r.tags, facets), facets)
@@ -186,119 +278,183 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         if facets
         else []
     )
-    train_lengths = [len(x) for x in train_ids]
-    y_train = torch.tensor(binarize([r.tags for r in train_rows], labels), dtype=torch.float32)
-    y_val = binarize([r.tags for r in val_rows], labels)
-
+    y_train = torch.tensor(y_train_np, dtype=torch.float32)
     model = Tagger.from_base(base_dir, len(labels), n_classes(facets) if facets else 0)
     prior = y_train.mean(0).clamp(1e-4, 1 - 1e-4)
     with torch.no_grad():
         model.head.bias.copy_(torch.log(prior / (1 - prior)))
     if not args.train_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": args.lr},
-            {"params": model.head.parameters(), "lr": args.head_lr},
-        ],
-        weight_decay=0.01,
-    )
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    steps_per_epoch = math.ceil(len(train_ids) / args.batch_size)
-    total_steps = max(1, int(args.epochs * steps_per_epoch))
-    if args.max_steps:
-        total_steps = min(total_steps, args.max_steps)
-    warmup = max(1, total_steps // 20)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    span_loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
-    gen = torch.Generator().manual_seed(args.seed)
-
-    step, seen, last_log = 0, 0, time.monotonic()
-    train_started = window_started = time.monotonic()
-    window_step, epoch_steps = 0, total_steps
-    model.train()
-    while step < total_steps:
-        for batch in length_grouped_batches(train_lengths, args.batch_size, gen):
-            if step >= total_steps:
-                break
-            lr_scale = min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
-            for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                g["lr"] = base * lr_scale
-            rows = batch.tolist()
-            input_ids, mask = _pad([train_ids[i] for i in rows], pad_id)
-            logits, span_logits = model.forward_all(input_ids, mask)
-            loss = loss_fn(logits, y_train[batch])
-            if span_logits is not None:
-                target = torch.full(input_ids.shape, IGNORE, dtype=torch.long)
-                for row, i in enumerate(rows):
-                    target[row, : len(train_bio[i])] = torch.tensor(train_bio[i])
-                loss = loss + args.span_loss_weight * span_loss_fn(
-                    span_logits.reshape(-1, span_logits.shape[-1]), target.reshape(-1)
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            step += 1
-            seen += len(batch)
-            elapsed = time.monotonic() - train_started
-            if not args.max_steps and (step == 20 or step % 200 == 0):
-                # Fit the schedule to the budget from the recent step rate (re-checked as load changes),
-                # so the LR decays to zero when time runs out instead of being cut mid-schedule.
-                window = time.monotonic() - window_started
-                window_started, per_step = time.monotonic(), window / (step - window_step)
-                window_step = step
-                reserve = 0.08 * budget_s  # validation scoring, thresholds, saving
-                affordable = int((budget_s - reserve - (time.monotonic() - started)) / per_step) + step
-                planned_steps = min(epoch_steps, max(step + 1, affordable))
-                if planned_steps != total_steps:
-                    log.info("budget: %d steps planned (%.2f s/step)", planned_steps, per_step)
-                    total_steps = planned_steps
-                    warmup = min(warmup, max(1, total_steps // 20))
-            if time.monotonic() - last_log > 15 or step == total_steps:
-                rate = seen / elapsed
-                eta = (total_steps - step) * elapsed / step
-                print(
-                    f"step {step}/{total_steps} epoch {seen / len(train_ids):.2f} loss {loss.item():.4f} "
-                    f"{rate:.0f} items/s ETA {eta / 60:.1f} min",
-                    flush=True,
-                )
-                last_log = time.monotonic()
-            if time.monotonic() - started > budget_s:
-                log.warning("time budget reached at step %d", step)
-                total_steps = step
-                break
+    fitted = EncoderFit(model, pad_id, args, budget_s - (time.monotonic() - started))
+    fitted.run(train_ids, train_bio, y_train, val_ids, y_val)
 
     val_scores, val_spans = score(model, val_ids, pad_id)
-    strategy, thresholds, comparison = choose_thresholds(val_scores, y_val, labels, seed=args.seed)
-    val_cls, val_merged = predict_tags(val_texts, val_offsets, val_scores, val_spans, labels, thresholds, facets)
-    val_report = report([r.tags for r in val_rows], val_cls)
-    meta: dict[str, object] = {
-        "base_model": args.base_model,
-        "labels": labels,
-        "thresholds": [float(t) for t in thresholds],
-        "threshold_strategy": strategy,
-        "threshold_comparison_micro_f1": comparison,
-        "max_seq_len": args.max_seq_len,
-        "pad_token_id": pad_id,
-        "seed": args.seed,
-        "steps": step,
-        "epochs_done": round(seen / len(train_ids), 3),
-        "train_rows": len(train_rows),
-        "val_rows": len(val_rows),
-        "bad_rows": len(loaded.errors),
-        "train_seconds": round(time.monotonic() - train_started, 1),
-        "validation": val_report,
-        "extract_facets": facets,
-        "validation_with_extractor": report([r.tags for r in val_rows], val_merged) if facets else None,
+    weight, strategy, thresholds, comparison, by_weight = calibrate(
+        y_val, labels, val_scores, lexical_val, single_slots, args.seed
+    )
+    decisions = Decisions(
+        labels=labels,
+        thresholds=[float(t) for t in thresholds],
+        threshold_strategy=strategy,
+        single_slots=single_slots,
+        encoder_weight=weight,
+        lexical=lexical is not None,
+        extract_facets=facets,
+    )
+    fused = fuse(val_scores, lexical_val, weight)
+    val_cls, val_merged = predict_tags(val_texts, val_offsets, fused, val_spans, decisions)
+    gold = [r.tags for r in val_rows]
+    served = report(gold, val_merged if facets else val_cls)
+    ablation = {f"fusion_weight_{k}": v for k, v in by_weight.items()} | {
+        "served": float(served["micro"]["f1"]),
+        "without_extractor": float(report(gold, val_cls)["micro"]["f1"]),
+        "thresholds_only": micro_f1(y_val, fused >= thresholds),
     }
+    meta = RunMeta(
+        base_model=base_name,
+        decisions=decisions,
+        max_seq_len=args.max_seq_len,
+        pad_token_id=pad_id,
+        seed=args.seed,
+        steps=fitted.step,
+        epochs_done=round(fitted.seen / len(train_ids), 3),
+        train_rows=len(train_rows),
+        val_rows=len(val_rows),
+        bad_rows=len(loaded.errors),
+        train_seconds=round(time.monotonic() - started, 1),
+        validation=served,
+        ablation={k: round(v, 4) for k, v in ablation.items()},
+        threshold_comparison_micro_f1=comparison,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out, meta)
+    if lexical is not None:
+        lexical.save(args.out)
     tokenizer.save_pretrained(args.out / "encoder")
     write_rows(args.out / "val.jsonl", val_rows)
-    keys = ("steps", "epochs_done", "threshold_strategy", "validation", "validation_with_extractor")
-    print(json.dumps({k: meta[k] for k in keys}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "steps": meta.steps,
+                "epochs_done": meta.epochs_done,
+                "encoder_weight": weight,
+                "threshold_strategy": strategy,
+                "validation_micro": served["micro"],
+                "ablation": meta.ablation,
+            },
+            ensure_ascii=False,
+        )
+    )
     return meta
+
+
+class EncoderFit:
+    """Fine-tunes the encoder and heads: epochs until the time budget or until validation micro-F1
+    stops improving (`--patience` epochs); the best epoch's weights are kept."""
+
+    def __init__(self, model: Tagger, pad_id: int, args: argparse.Namespace, budget_s: float) -> None:
+        self.model, self.pad_id, self.args, self.budget_s = model, pad_id, args, budget_s
+        self.step = 0
+        self.seen = 0
+
+    def run(
+        self,
+        train_ids: list[list[int]],
+        train_bio: list[list[int]],
+        y_train: torch.Tensor,
+        val_ids: list[list[int]],
+        y_val: np.ndarray,
+    ) -> None:
+        args, model = self.args, self.model
+        started = time.monotonic()
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": args.lr},
+                {"params": model.head.parameters(), "lr": args.head_lr},
+                *([{"params": model.span_head.parameters(), "lr": args.head_lr}] if model.span_head else []),
+            ],
+            weight_decay=0.01,
+        )
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        steps_per_epoch = math.ceil(len(train_ids) / args.batch_size)
+        total_steps = max(1, int(args.epochs * steps_per_epoch))
+        if args.max_steps:
+            total_steps = min(total_steps, args.max_steps)
+        warmup = max(1, min(total_steps // 20, steps_per_epoch))
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        span_loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+        gen = torch.Generator().manual_seed(args.seed)
+        lengths = [len(x) for x in train_ids]
+        reserve = 0.1 * self.budget_s  # validation scoring, calibration, saving
+        best_f1, best_state, stale = -1.0, None, 0
+        last_log = window_started = time.monotonic()
+        window_step = 0
+        while self.step < total_steps:
+            model.train()
+            for batch in length_grouped_batches(lengths, args.batch_size, gen):
+                if self.step >= total_steps:
+                    break
+                lr_scale = min(
+                    (self.step + 1) / warmup, max(0.0, (total_steps - self.step) / max(1, total_steps - warmup))
+                )
+                for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                    g["lr"] = base * lr_scale
+                rows = batch.tolist()
+                input_ids, mask = _pad([train_ids[i] for i in rows], self.pad_id)
+                logits, span_logits = model.forward_all(input_ids, mask)
+                loss = loss_fn(logits, y_train[batch])
+                if span_logits is not None:
+                    target = torch.full(input_ids.shape, IGNORE, dtype=torch.long)
+                    for row, i in enumerate(rows):
+                        target[row, : len(train_bio[i])] = torch.tensor(train_bio[i])
+                    loss = loss + args.span_loss_weight * span_loss_fn(
+                        span_logits.reshape(-1, span_logits.shape[-1]), target.reshape(-1)
+                    )
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                self.step += 1
+                self.seen += len(batch)
+                elapsed = time.monotonic() - started
+                if not args.max_steps and (self.step == 20 or self.step % 200 == 0):
+                    # Fit the schedule to the budget from the recent step rate (re-checked as load
+                    # changes), so the LR decays to zero when time runs out instead of being cut.
+                    per_step = (time.monotonic() - window_started) / (self.step - window_step)
+                    window_started, window_step = time.monotonic(), self.step
+                    affordable = int((self.budget_s - reserve - elapsed) / per_step) + self.step
+                    planned = min(max(1, int(args.epochs * steps_per_epoch)), max(self.step + 1, affordable))
+                    if planned != total_steps:
+                        log.info("budget: %d steps planned (%.2f s/step)", planned, per_step)
+                        total_steps = planned
+                if time.monotonic() - last_log > 15 or self.step == total_steps:
+                    eta = (total_steps - self.step) * elapsed / self.step
+                    print(
+                        f"step {self.step}/{total_steps} epoch {self.seen / len(train_ids):.2f} loss {loss.item():.4f} "
+                        f"{self.seen / elapsed:.0f} items/s ETA {eta / 60:.1f} min",
+                        flush=True,
+                    )
+                    last_log = time.monotonic()
+                if elapsed > self.budget_s - reserve:
+                    log.warning("time budget reached at step %d", self.step)
+                    total_steps = self.step
+                    break
+            if args.max_steps:
+                continue
+            # End of an epoch (or of the budget): keep the best weights seen so far.
+            val_scores, _ = score(model, val_ids, self.pad_id)
+            f1 = max(micro_f1(y_val, val_scores >= t) for t in (0.2, 0.3, 0.4, 0.5))
+            log.info("epoch %.2f: validation micro-F1 %.4f (best %.4f)", self.seen / len(train_ids), f1, best_f1)
+            if f1 > best_f1 + 1e-4:
+                best_f1, stale = f1, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= args.patience:
+                    log.info("validation micro-F1 stopped improving: stopping at step %d", self.step)
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,23 +12,27 @@ from exporter.export import ExportValidationError, check_parity
 from exporter.metrics import choose_thresholds, report
 from tests.model_factory import make_rows, train_args, write_jsonl
 from worker.artifact import ArtifactError, load_manifest
-from worker.contract import bucket, compose_text
+from worker.contract import RunMeta, bucket, compose_text
 from worker.engine import ProviderUnavailableError, TagEngine
 
 
 def test_artifact_is_self_describing(tiny_model: Path) -> None:
     m = load_manifest(tiny_model)
     assert {"model.onnx", "model.int8.onnx", "tokenizer.json"} <= set(m.files)
-    assert m.opset == 17 and m.max_seq_len == 32 and len(m.labels) == len(m.thresholds) > 5
+    assert {"lexical.json", "lexical.npz"} <= set(m.files)
+    d = m.decisions
+    assert m.opset == 17 and m.max_seq_len == 32 and len(m.labels) == len(d.thresholds) > 5
     assert all(":" in t for t in m.labels)
-    assert m.metrics["parity"]["max_abs_logit_diff"] < 1e-4
+    assert m.metrics["parity"]["max_abs_logit_diff"] < 1e-4 and m.metrics["parity"]["tag_sets_equal"] == 1.0
     assert m.int8 is not None and 0 <= m.int8["decision_agreement"] <= 1
-    assert m.threshold_strategy in {"per_tag", "per_facet"}
+    assert d.threshold_strategy in {"per_tag", "per_facet"} and d.lexical and 0.0 <= d.encoder_weight <= 1.0
+    # Every synthetic item has one category and one brand: both slots are single-valued.
+    assert d.single_slots == ["brand#0", "category#0"]
     # Brands occur verbatim in the synthetic titles, categories never: "auto" picks brand only.
-    assert m.extract_facets == ["brand"]
+    assert d.extract_facets == ["brand"]
     run = tiny_model.parent / "run"
-    meta = json.loads((run / "tagger.json").read_text())
-    assert meta["steps"] == 40 and meta["labels"] == m.labels
+    meta = RunMeta.model_validate_json((run / "tagger.json").read_text())
+    assert meta.steps == 40 and meta.decisions == d
     assert (run / "encoder" / "config.json").is_file()
 
 
@@ -135,7 +139,7 @@ def test_predict_and_evaluate_on_a_small_file(
         assert scores == sorted(scores, reverse=True)
         for t in line["tags"]:
             if t["tag"] in engine.labels:  # classified: over its threshold
-                assert t["score"] >= engine.thresholds[engine.labels.index(t["tag"])] - 1e-4
+                assert t["score"] >= engine.decider.thresholds[engine.labels.index(t["tag"])] - 1e-4
             else:  # extracted from the title by the span head
                 assert t["tag"].partition(":")[0] in engine.extract_facets
 

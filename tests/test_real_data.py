@@ -42,4 +42,4 @@ def test_short_real_training_learns_categories(tmp_path: Path) -> None:
     )
     report = json.loads(out.read_text())["model"]
     assert report["per_facet"]["category"]["f1"] > 0.8
-    assert report["items"] == 3867
+    assert report["items"] == 4014  # the default split groups identical titles

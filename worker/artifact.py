@@ -10,41 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
+
+from worker.contract import Decisions, Manifest
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 
 
 class ArtifactError(Exception):
     """The model directory is missing, malformed or does not match its manifest."""
-
-
-class Manifest(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="allow", protected_namespaces=())
-
-    format_version: int = FORMAT_VERSION
-    model_version: str = Field(description="Content hash of the ONNX weights, labels and thresholds.")
-    base_model: str
-    labels: list[str]
-    thresholds: list[float]
-    threshold_strategy: str = "per_tag"
-    opset: int
-    max_seq_len: int
-    text_fields: list[str] = ["title", "description"]
-    files: dict[str, str] = Field(description="relative path -> sha256 of every artifact file.")
-    metrics: dict[str, Any] = {}
-    int8: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Manifest:
-        if len(self.labels) != len(self.thresholds):
-            raise ValueError(f"{len(self.labels)} labels but {len(self.thresholds)} thresholds")
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError("duplicate labels")
-        if "model.onnx" not in self.files:
-            raise ValueError("files lacks model.onnx")
-        return self
 
 
 def sha256_file(path: Path) -> str:
@@ -55,11 +29,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def model_version_of(files: dict[str, str], labels: list[str], thresholds: list[float]) -> str:
-    """Deterministic version: same weights, labels and thresholds -> same version."""
+def model_version_of(files: dict[str, str], decisions: Decisions) -> str:
+    """Deterministic version: same files and decision rules -> same version."""
     h = hashlib.sha256()
-    h.update(files["model.onnx"].encode())
-    h.update(json.dumps([labels, [round(t, 6) for t in thresholds]]).encode())
+    h.update(json.dumps(sorted(files.items())).encode())
+    h.update(decisions.model_dump_json().encode())
     return h.hexdigest()[:16]
 
 
@@ -70,7 +44,7 @@ def write_manifest(model_dir: Path, **fields: Any) -> Manifest:
         for p in sorted(model_dir.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-    version = model_version_of(files, fields["labels"], fields["thresholds"])
+    version = model_version_of(files, fields["decisions"])
     manifest = Manifest(model_version=version, files=files, **fields)
     (model_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest

@@ -13,7 +13,7 @@ import sys
 
 # subcommand -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "split": ("exporter.data", "split a labelled JSONL file into train/test by id hash"),
+    "split": ("exporter.data", "split a labelled JSONL file into train/test (identical titles never straddle)"),
     "train": ("exporter.train", "fine-tune a pretrained encoder into a multi-label tagger"),
     "export": ("exporter.export", "export a trained run to a validated ONNX model artifact"),
     "evaluate": ("exporter.evaluate", "P/R/F1 of a model artifact (and a TF-IDF baseline)"),

@@ -5,8 +5,14 @@ importing it loads neither torch nor ONNX Runtime."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.training import facet_of
+
+MANIFEST_FORMAT = 2
 
 
 def compose_text(title: str, description: str | None = None) -> str:
@@ -48,3 +54,193 @@ def pad_batch(ids: Sequence[Sequence[int] | np.ndarray], pad_id: int) -> tuple[n
 def over_threshold(row: np.ndarray, thresholds: np.ndarray, labels: Sequence[str]) -> list[tuple[str, float]]:
     """The classifier's tags for one item: every label whose score reaches its threshold."""
     return [(labels[int(j)], float(row[j])) for j in np.nonzero(row >= thresholds)[0]]
+
+
+# --- how scores become tags -------------------------------------------------------------------
+
+HIERARCHY_SEPARATOR = " > "
+
+
+def slot_of(label: str) -> str:
+    """A facet and a depth in its value hierarchy: `category:A > B` -> `category#1`. Each level of a
+    category path is a slot of its own, so a three-level path is three single-valued slots."""
+    return f"{facet_of(label)}#{label.partition(':')[2].count(HIERARCHY_SEPARATOR)}"
+
+
+def parent_of(label: str) -> str | None:
+    facet, _, value = label.partition(":")
+    head, sep, _ = value.rpartition(HIERARCHY_SEPARATOR)
+    return f"{facet}:{head}" if sep else None
+
+
+def single_valued_slots(tag_lists: Sequence[Sequence[str]], max_multi_share: float = 0.05) -> list[str]:
+    """Slots that hold at most one value in all but `max_multi_share` of the items that use them
+    (a category level, a brand): for those only the best candidate is kept."""
+    uses: dict[str, int] = {}
+    multi: dict[str, int] = {}
+    for tags in tag_lists:
+        per_slot: dict[str, int] = {}
+        for t in tags:
+            per_slot[slot_of(t)] = per_slot.get(slot_of(t), 0) + 1
+        for s, n in per_slot.items():
+            uses[s] = uses.get(s, 0) + 1
+            multi[s] = multi.get(s, 0) + (n > 1)
+    return sorted(s for s in uses if multi[s] <= max_multi_share * uses[s])
+
+
+class Decider:
+    """Scores -> tags, one rule set for training, export checks, `predict` and the worker:
+
+    - a label is a candidate when its score reaches its threshold;
+    - in a single-valued slot only the best candidate stays;
+    - hierarchies stay consistent, top-down: below a chosen parent only its children compete; a child
+      chosen without a chosen parent brings its ancestors (a child implies its parents).
+    """
+
+    def __init__(
+        self, labels: Sequence[str], thresholds: Sequence[float] | np.ndarray, single_slots: Sequence[str]
+    ) -> None:
+        self.labels = list(labels)
+        self.thresholds = np.asarray(thresholds, dtype=np.float32)
+        index = {label: i for i, label in enumerate(self.labels)}
+        self.parent = [index.get(p, -1) if (p := parent_of(label)) else -1 for label in self.labels]
+        slots: dict[str, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            slots.setdefault(slot_of(label), []).append(i)
+        single = set(single_slots)
+        # Parents before children: slots sorted by depth.
+        self.slots = [
+            (name, np.asarray(cols), name in single)
+            for name, cols in sorted(slots.items(), key=lambda kv: (int(kv[0].rpartition("#")[2]), kv[0]))
+        ]
+
+    def decide(self, row: np.ndarray) -> list[tuple[str, float]]:
+        """One item's tags with their scores, highest score first."""
+        passed = row >= self.thresholds
+        chosen: set[int] = set()
+        chosen_in: dict[str, list[int]] = {}
+        for name, cols, single in self.slots:
+            cand = cols[passed[cols]]
+            if single and len(cand):
+                facet, _, depth = name.rpartition("#")
+                above = chosen_in.get(f"{facet}#{int(depth) - 1}")
+                if above:  # only children of the chosen parent compete; none -> the path stops here
+                    cand = cand[np.isin([self.parent[j] for j in cand], above)]
+                if len(cand):
+                    cand = cand[[int(np.argmax(row[cand]))]]
+            for j in cand.tolist():
+                p = j
+                while p >= 0 and p not in chosen:  # a child implies its parents
+                    chosen.add(p)
+                    chosen_in.setdefault(slot_of(self.labels[p]), []).append(p)
+                    p = self.parent[p]
+        return sorted(((self.labels[j], float(row[j])) for j in chosen), key=lambda t: -t[1])
+
+    def decide_all(self, scores: np.ndarray) -> list[list[tuple[str, float]]]:
+        return [self.decide(row) for row in scores]
+
+
+def enforce_single(tags: Sequence[tuple[str, float]], single_slots: set[str]) -> list[tuple[str, float]]:
+    """After extracted spans join the classifier's tags (sorted by score), a single-valued slot keeps
+    only its best-scoring value."""
+    seen: set[str] = set()
+    out = []
+    for tag, score in tags:
+        slot = slot_of(tag)
+        if slot in single_slots:
+            if slot in seen:
+                continue
+            seen.add(slot)
+        out.append((tag, score))
+    return out
+
+
+def fuse(encoder_scores: np.ndarray, lexical_scores: np.ndarray | None, encoder_weight: float) -> np.ndarray:
+    """Calibrated fusion of the two channels' probabilities (the weight is chosen on validation)."""
+    if lexical_scores is None:
+        return encoder_scores
+    return (encoder_weight * encoder_scores + (1.0 - encoder_weight) * lexical_scores).astype(np.float32)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-z.astype(np.float32)))).astype(np.float32)
+
+
+# --- what a run and an artifact record ----------------------------------------------------------
+
+
+class Decisions(BaseModel):
+    """Everything that turns model outputs into tags, recorded by training and read by serving."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    labels: list[str]
+    thresholds: list[float]
+    threshold_strategy: str = Field(description="per_facet | per_tag, measured on validation halves")
+    single_slots: list[str] = Field(default_factory=list, description="slots where only the best candidate stays")
+    encoder_weight: float = Field(1.0, ge=0.0, le=1.0, description="fusion weight of the encoder channel")
+    lexical: bool = Field(False, description="whether the lexical channel is part of the model")
+    extract_facets: list[str] = Field(default_factory=list, description="facets the span head extracts")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Decisions:
+        if len(self.labels) != len(self.thresholds):
+            raise ValueError(f"{len(self.labels)} labels but {len(self.thresholds)} thresholds")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("duplicate labels")
+        return self
+
+    def decider(self) -> Decider:
+        return Decider(self.labels, self.thresholds, self.single_slots)
+
+
+class RunMeta(BaseModel):
+    """`tagger.json` in a training run directory: what `tagger export` needs and what training measured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    base_model: str
+    decisions: Decisions
+    max_seq_len: int
+    pad_token_id: int
+    seed: int
+    steps: int
+    epochs_done: float
+    train_rows: int
+    val_rows: int
+    bad_rows: int
+    train_seconds: float
+    validation: dict[str, Any] = Field(description="validation report of the served recipe")
+    ablation: dict[str, float] = Field(default_factory=dict, description="validation micro-F1 per component mix")
+    threshold_comparison_micro_f1: dict[str, float] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    """`manifest.json` of a model artifact: every field typed; unknown fields are refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    format_version: int = MANIFEST_FORMAT
+    model_version: str = Field(description="Content hash of every artifact file and the decision rules.")
+    base_model: str
+    decisions: Decisions
+    opset: int
+    max_seq_len: int
+    pad_token_id: int = 0
+    text_fields: list[str] = ["title", "description"]
+    files: dict[str, str] = Field(description="relative path -> sha256 of every artifact file.")
+    metrics: dict[str, Any] = {}
+    int8: dict[str, Any] | None = None
+    training: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.format_version != MANIFEST_FORMAT:
+            raise ValueError(f"format_version {self.format_version} is not {MANIFEST_FORMAT}: re-export the model")
+        if "model.onnx" not in self.files:
+            raise ValueError("files lacks model.onnx")
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        return self.decisions.labels

@@ -1,4 +1,6 @@
-"""Inference engine: text -> fast tokenizer -> ONNX Runtime -> sigmoid -> thresholds -> tags.
+"""Inference engine: text -> fast tokenizer -> ONNX Runtime (encoder channel) + n-gram lexical
+channel -> calibrated fusion -> decisions (thresholds, single-valued slots, hierarchy) + extracted
+spans -> tags.
 
 Used by the streaming worker and by offline `tagger predict`, so both tag identically. No torch.
 Batches are bucketed by token length so one long title does not pad a whole batch.
@@ -16,8 +18,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from worker.artifact import ArtifactError, Manifest, load_manifest
-from worker.contract import bucket, over_threshold, pad_batch
+from worker.artifact import ArtifactError, load_manifest
+from worker.contract import Manifest, bucket, enforce_single, fuse, pad_batch, sigmoid
+from worker.lexical import LexicalModel
 from worker.spans import extract, known_spellings, merge
 
 log = logging.getLogger(__name__)
@@ -79,18 +82,22 @@ class TagEngine:
         if onnx_name not in self.manifest.files:
             raise ArtifactError(f"{self.model_dir}: no {onnx_name} (export with --int8 to serve int8)")
         self.max_items, self.max_tokens, self.int8 = max_items, max_tokens, int8
-        self.labels = self.manifest.labels
-        self.thresholds = np.asarray(self.manifest.thresholds, dtype=np.float32)
+        decisions = self.manifest.decisions
+        self.labels = decisions.labels
+        self.decider = decisions.decider()
+        self.encoder_weight = decisions.encoder_weight
+        self.lexical = LexicalModel.load(self.model_dir) if decisions.lexical else None
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.manifest.max_seq_len)
-        self.pad_id = int(getattr(self.manifest, "pad_token_id", 0) or 0)
+        self.pad_id = self.manifest.pad_token_id
         self.session = self._session(self.model_dir / onnx_name, provider, allow_cpu_fallback, intra_op_threads)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
-        facets = list(getattr(self.manifest, "extract_facets", None) or [])
+        facets = decisions.extract_facets
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
+        self.single_slots = set(decisions.single_slots)
         self._known = known_spellings(self.labels)
 
     @property
@@ -138,16 +145,18 @@ class TagEngine:
         return dict(zip(self.output_names, outputs, strict=True))
 
     def run(self, items: list[Encoded]) -> Outputs:
-        """Run the model in length buckets (each within max_items and max_tokens of padding)."""
+        """Run the encoder in length buckets (each within max_items and max_tokens of padding), the
+        lexical channel over the texts, and fuse the two."""
         scores = np.zeros((len(items), len(self.labels)), dtype=np.float32)
         spans: list[np.ndarray] | None = [np.zeros(0)] * len(items) if self.extract_facets else None
         for group in bucket([len(x) for x in items], self.max_items, self.max_tokens):
             res = self._run([items[i] for i in group])
-            scores[group] = 1.0 / (1.0 + np.exp(-res["logits"].astype(np.float32)))
+            scores[group] = sigmoid(res["logits"])
             if spans is not None:
                 for row, i in enumerate(group):
                     spans[i] = res["span_logits"][row, : len(items[i])]
-        return Outputs(scores, spans)
+        lexical = sigmoid(self.lexical.logits([x.text for x in items])) if self.lexical is not None else None
+        return Outputs(fuse(scores, lexical, self.encoder_weight), spans)
 
     def scores(self, items: list[Encoded]) -> np.ndarray:
         return self.run(items).scores if items else np.zeros((0, len(self.labels)), dtype=np.float32)
@@ -156,13 +165,13 @@ class TagEngine:
         """Tags over threshold plus extracted spans (one score per tag), highest score first."""
         result = []
         for i, row in enumerate(outputs.scores):
-            classified = over_threshold(row, self.thresholds, self.labels)
+            classified = self.decider.decide(row)
             extracted = (
                 extract(items[i].text, items[i].offsets, outputs.spans[i], self.extract_facets)
                 if outputs.spans is not None
                 else []
             )
-            merged = merge(classified, extracted, self._known)
+            merged = enforce_single(merge(classified, extracted, self._known), self.single_slots)
             result.append([Tag(t, round(s, 4)) for t, s in merged])
         return result
 
