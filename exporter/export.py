@@ -27,7 +27,7 @@ from schemas.training import load_rows
 from worker.artifact import write_manifest
 from worker.contract import Manifest, RunMeta, bucket, compose_text, fuse, pad_batch, sigmoid
 from worker.engine import TagEngine
-from worker.lexical import LexicalModel
+from worker.lexical import NeighbourIndex
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
         src = args.checkpoint / "encoder" / name
         if src.is_file():
             shutil.copy(src, out / name)
-    lexical = LexicalModel.load(args.checkpoint) if decisions.lexical else None
+    lexical = NeighbourIndex.load(args.checkpoint) if decisions.lexical else None
     if lexical is not None:
         lexical.save(out)
     int8_path = out / "model.int8.onnx"
@@ -225,7 +225,7 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
     engine = TagEngine(out, extract=True)
     served = [[t.tag for t in tags] for tags in engine.tag_texts(parity_texts)]
     enc = tokenizer.encode_batch(parity_texts)
-    lex = sigmoid(lexical.logits(parity_texts)) if lexical is not None else None
+    lex = lexical.scores(parity_texts) if lexical is not None else None
     fused = fuse(sigmoid(ref_logits), lex, decisions.encoder_weight)
     _, expected = predict_tags(parity_texts, [e.offsets for e in enc], fused, ref_spans, decisions)
     mismatched = [i for i, (a, b) in enumerate(zip(served, expected, strict=True)) if set(a) != set(b)]

@@ -18,7 +18,6 @@ from transformers import AutoTokenizer
 
 from exporter.base_models import DEFAULT_BASE, MULTILINGUAL_BASE, resolve_base_model
 from exporter.data import split, write_rows
-from exporter.lexical_fit import fit_lexical
 from exporter.metrics import binarize, choose_thresholds, micro_f1, report
 from exporter.model import Tagger
 from schemas.training import TrainingRow, facet_of, load_rows
@@ -30,9 +29,9 @@ from worker.contract import (
     enforce_single,
     fuse,
     pad_batch,
-    sigmoid,
     single_valued_slots,
 )
+from worker.lexical import NeighbourIndex
 from worker.spans import IGNORE, _is_cjk, align, bio_labels, extract, find_span, known_spellings, merge, n_classes
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-lexical",
         dest="lexical",
         action="store_false",
-        help="train without the lexical (n-gram) channel (for ablations)",
+        help="train without the lexical channel (n-gram neighbour index; for ablations)",
     )
     p.add_argument("--seed", type=int, default=13, help="seed for init, shuffling and dropout (default 13)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -266,9 +265,12 @@ def train(args: argparse.Namespace) -> RunMeta:
     lexical_val: np.ndarray | None = None
     if args.lexical:
         t = time.monotonic()
-        lexical = fit_lexical(train_texts, y_train_np, seed=args.seed)
-        lexical_val = sigmoid(lexical.logits(val_texts))
-        log.info("lexical channel: %d features, fitted in %.0f s", len(lexical.featurizer), time.monotonic() - t)
+        index = {label: i for i, label in enumerate(labels)}
+        lexical = NeighbourIndex.build(
+            train_texts, [[index[t] for t in r.tags if t in index] for r in train_rows], len(labels)
+        )
+        lexical_val = lexical.scores(val_texts)
+        log.info("lexical channel: %d features, built in %.0f s", len(lexical.featurizer), time.monotonic() - t)
 
     train_bio = (
         [

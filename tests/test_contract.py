@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from exporter.data import split, title_key
 from schemas.training import TrainingRow
 from worker.contract import Decider, Decisions, Manifest, enforce_single, fuse, single_valued_slots, slot_of
-from worker.lexical import Featurizer, LexicalModel, char_features, normalise, word_features
+from worker.lexical import NeighbourIndex, char_features, normalise, word_features
 
 
 def row(i: int, title: str) -> TrainingRow:
@@ -45,33 +45,32 @@ def test_features_are_cjk_aware() -> None:
     assert "c: 华" not in chars  # CJK runs are not space-padded
 
 
-def test_lexical_model_scores_like_a_dense_product_and_round_trips(tmp_path: Path) -> None:
-    texts = ["red cotton shirt", "blue denim jeans", "red denim shirt", "华为手机 黑色", "华为 手机壳"]
-    feat = Featurizer.fit(texts, min_df=1)
-    rng = np.random.default_rng(0)
-    coef = rng.normal(size=(3, len(feat))).astype(np.float32)
-    bias = np.array([0.1, -0.2, 0.3], dtype=np.float32)
-    model = LexicalModel.from_dense(feat, coef, bias, keep_per_tag=len(feat))
-    rows, cols, vals = feat.transform(texts)
-    dense = np.zeros((len(texts), len(feat)), dtype=np.float32)
-    dense[rows, cols] = vals
-    np.testing.assert_allclose(model.logits(texts), dense @ coef.T + bias, atol=1e-5)
-    # each block is L2-normalised: two blocks -> squared norm 2 per text
-    np.testing.assert_allclose((dense**2).sum(1), 2.0, atol=1e-5)
-    model.save(tmp_path)
-    np.testing.assert_allclose(LexicalModel.load(tmp_path).logits(texts), model.logits(texts), atol=1e-6)
-    # unknown words only: the bias alone
-    np.testing.assert_allclose(model.logits(["zzz qqq"])[0], bias, atol=1e-6)
+def test_neighbour_index_finds_cosine_neighbours_and_round_trips(tmp_path: Path) -> None:
+    train = ["red cotton shirt", "blue denim jeans", "red denim shirt", "华为手机 黑色", "华为 手机壳"]
+    tags = [[0], [1], [0, 1], [2], [2, 3]]
+    index = NeighbourIndex.build(train, tags, n_labels=4, k=2, power=1.0)
+    queries = ["red cotton shirt", "华为手机 白色", "zzz qqq"]
+    feat = index.featurizer
 
+    def dense(texts: list[str]) -> np.ndarray:
+        rows, cols, vals = feat.transform(texts)
+        m = np.zeros((len(texts), len(feat)))
+        m[rows, cols] = vals
+        return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
-def test_pruning_keeps_the_largest_weights_per_tag() -> None:
-    feat = Featurizer.fit(["a b c d"], min_df=1)
-    coef = np.zeros((2, len(feat)), dtype=np.float32)
-    coef[0, :3] = [5.0, -4.0, 0.1]
-    coef[1, 3] = 2.0
-    model = LexicalModel.from_dense(feat, coef, np.zeros(2, np.float32), keep_per_tag=2)
-    kept = {(int(t), float(w)) for t, w in zip(model.tags, model.weights, strict=True)}
-    assert (0, 5.0) in kept and (0, -4.0) in kept and (0, 0.1) not in kept and (1, 2.0) in kept
+    np.testing.assert_allclose(index.similarities(queries), dense(queries) @ dense(train).T, atol=1e-5)
+    scores = index.scores(queries)
+    sims = index.similarities(queries)
+    # k=2, power=1: the share of similarity mass of the two nearest items carrying each tag
+    top = np.argsort(-sims[0])[:2]
+    expected = np.zeros(4)
+    for item in top:
+        expected[tags[item]] += sims[0, item] / sims[0, top].sum()
+    np.testing.assert_allclose(scores[0], expected, atol=1e-5)
+    assert scores[1, 2] == pytest.approx(1.0)  # both neighbours of the Chinese query carry tag 2
+    assert not scores[2].any()  # no shared feature: no neighbour, no score
+    index.save(tmp_path)
+    np.testing.assert_allclose(NeighbourIndex.load(tmp_path).scores(queries), scores, atol=1e-6)
 
 
 LABELS = ["category:A", "category:A > x", "category:B", "category:B > y", "brand:p", "brand:q", "use:gym", "use:run"]

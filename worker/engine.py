@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, load_manifest
 from worker.contract import Manifest, bucket, enforce_single, fuse, pad_batch, sigmoid
-from worker.lexical import LexicalModel
+from worker.lexical import NeighbourIndex
 from worker.spans import extract, known_spellings, merge
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class TagEngine:
         self.labels = decisions.labels
         self.decider = decisions.decider()
         self.encoder_weight = decisions.encoder_weight
-        self.lexical = LexicalModel.load(self.model_dir) if decisions.lexical else None
+        self.lexical = NeighbourIndex.load(self.model_dir) if decisions.lexical else None
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.manifest.max_seq_len)
@@ -155,7 +155,7 @@ class TagEngine:
             if spans is not None:
                 for row, i in enumerate(group):
                     spans[i] = res["span_logits"][row, : len(items[i])]
-        lexical = sigmoid(self.lexical.logits([x.text for x in items])) if self.lexical is not None else None
+        lexical = self.lexical.scores([x.text for x in items]) if self.lexical is not None else None
         return Outputs(fuse(scores, lexical, self.encoder_weight), spans)
 
     def scores(self, items: list[Encoded]) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""The lexical channel: TF-IDF word and character n-grams with one sparse linear layer per tag.
+"""The lexical channel: TF-IDF word and character n-grams, and label transfer from the nearest
+training items in that space.
 
-A small frozen encoder misses what n-grams catch: rare brands, model numbers, store jargon. This
-channel is fitted at training time (`exporter/lexical_fit.py`) and served here with numpy only, so
-the worker image needs neither torch nor scikit-learn and `predict` and the worker score alike.
+A small encoder misses what n-grams catch: rare brands, model numbers, store jargon, near-duplicate
+listings. The index is built at training time from the training part of the catalog and served
+here with numpy only, so the worker image needs neither torch nor scikit-learn, and `predict` and
+the worker score alike.
 
 Features (one definition, used by training and serving):
 - text: Unicode NFKC, case-folded;
@@ -107,89 +109,108 @@ class Featurizer:
 
 
 @dataclass(frozen=True)
-class LexicalModel:
-    """Sparse linear tag logits: for each feature column, the tags it votes for and their weights
-    (CSR by feature: `indptr`, `tags`, `weights`), plus one bias per tag."""
+class NeighbourIndex:
+    """Label transfer from the nearest training items: cosine similarity of tf-idf vectors (an
+    inverted index: for each feature column, the training items that have it and their weights),
+    then each tag's score is the similarity-weighted share of the `k` neighbours that carry it
+    (weights = similarity ** `power`, so near-duplicates dominate). Catalogs are full of
+    near-duplicate listings; this is what catches their brands and model numbers."""
 
     featurizer: Featurizer
-    indptr: np.ndarray  # [features + 1]
-    tags: np.ndarray  # [nonzeros] tag index
-    weights: np.ndarray  # [nonzeros]
-    bias: np.ndarray  # [labels]
+    indptr: np.ndarray  # [features + 1] postings per feature column
+    items: np.ndarray  # [postings] training item index
+    values: np.ndarray  # [postings] that item's unit-normalised weight for the feature
+    label_indptr: np.ndarray  # [items + 1] tags per training item
+    label_ids: np.ndarray  # [tag uses] tag index
+    n_labels: int
+    k: int = 10
+    power: float = 3.0
 
     @property
-    def n_labels(self) -> int:
-        return len(self.bias)
+    def n_items(self) -> int:
+        return len(self.label_indptr) - 1
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """[n, labels] float32 logits."""
-        out = np.tile(self.bias.astype(np.float32), (len(texts), 1))
+    @classmethod
+    def build(
+        cls, texts: Sequence[str], tags: Sequence[Sequence[int]], n_labels: int, *, k: int = 10, power: float = 3.0
+    ) -> NeighbourIndex:
+        """Index the training items (`tags`: tag indices per item, same order as `texts`)."""
+        featurizer = Featurizer.fit(texts)
+        rows, cols, vals = featurizer.transform(texts)
+        norms = np.sqrt(np.bincount(rows, weights=vals.astype(np.float64) ** 2, minlength=len(texts)))
+        vals = (vals / np.maximum(norms[rows], 1e-12)).astype(np.float32)
+        order = np.lexsort((rows, cols))
+        indptr = np.zeros(len(featurizer) + 1, dtype=np.int64)
+        np.add.at(indptr, cols + 1, 1)
+        label_indptr = np.cumsum([0, *(len(t) for t in tags)]).astype(np.int64)
+        label_ids = np.fromiter((j for t in tags for j in t), dtype=np.int64, count=int(label_indptr[-1]))
+        return cls(featurizer, np.cumsum(indptr), rows[order], vals[order], label_indptr, label_ids, n_labels, k, power)
+
+    def similarities(self, texts: Sequence[str]) -> np.ndarray:
+        """[n, training items] cosine similarities."""
         rows, cols, vals = self.featurizer.transform(texts)
-        if not len(cols):
-            return out
-        starts, ends = self.indptr[cols], self.indptr[cols + 1]
-        lens = ends - starts
+        norms = np.sqrt(np.bincount(rows, weights=vals.astype(np.float64) ** 2, minlength=len(texts)))
+        vals = vals / np.maximum(norms[rows], 1e-12)
+        starts, lens = self.indptr[cols], self.indptr[cols + 1] - self.indptr[cols]
         total = int(lens.sum())
-        if not total:
+        # Expand every (query, feature) pair into that feature's postings, then sum per (query,
+        # training item) with one bincount: a sparse x sparse product without scipy.
+        at = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
+        flat = np.repeat(rows, lens) * self.n_items + self.items[at]
+        sims = np.bincount(flat, weights=np.repeat(vals, lens) * self.values[at], minlength=len(texts) * self.n_items)
+        return sims.reshape(len(texts), self.n_items)
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """[n, labels] float32 in [0, 1]."""
+        out = np.zeros((len(texts), self.n_labels), dtype=np.float32)
+        if not len(texts) or not self.n_items:
             return out
-        # Expand every (item, feature) pair into that feature's non-zero tag weights, then sum
-        # per (item, tag) with one bincount: a sparse x sparse product without scipy.
-        first = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
-        flat = np.repeat(rows, lens) * self.n_labels + self.tags[first]
-        contrib = np.repeat(vals, lens) * self.weights[first]
-        out += np.bincount(flat, weights=contrib, minlength=len(texts) * self.n_labels).reshape(out.shape).astype(
-            np.float32
-        )
+        sims = self.similarities(texts)
+        k = min(self.k, self.n_items)
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        weight = np.take_along_axis(sims, top, axis=1).clip(min=0.0) ** self.power
+        total = weight.sum(axis=1)
+        for i in range(len(texts)):
+            if total[i] <= 0:
+                continue
+            for item, w in zip(top[i], weight[i], strict=True):
+                ids = self.label_ids[self.label_indptr[item] : self.label_indptr[item + 1]]
+                out[i, ids] += w / total[i]
         return out
 
     def save(self, directory: Path) -> list[str]:
-        """Writes the vocabulary (JSON) and the weights (npz); returns the file names."""
+        """Writes the vocabulary (JSON) and the index (npz); returns the file names."""
         ordered = sorted(self.featurizer.vocab, key=self.featurizer.vocab.__getitem__)
-        (directory / VOCAB_FILE).write_text(json.dumps({"features": ordered}, ensure_ascii=False))
+        (directory / VOCAB_FILE).write_text(
+            json.dumps({"features": ordered, "k": self.k, "power": self.power, "labels": self.n_labels}, ensure_ascii=False)
+        )
         np.savez(
             directory / WEIGHTS_FILE,
             idf=self.featurizer.idf,
             indptr=self.indptr,
-            tags=self.tags,
-            weights=self.weights,
-            bias=self.bias,
+            items=self.items.astype(np.int32),
+            values=self.values,
+            label_indptr=self.label_indptr,
+            label_ids=self.label_ids.astype(np.int32),
         )
         return [VOCAB_FILE, WEIGHTS_FILE]
 
     @classmethod
-    def load(cls, directory: Path) -> LexicalModel:
-        features = json.loads((directory / VOCAB_FILE).read_text())["features"]
+    def load(cls, directory: Path) -> NeighbourIndex:
+        meta = json.loads((directory / VOCAB_FILE).read_text())
+        features = meta["features"]
         with np.load(directory / WEIGHTS_FILE) as z:
-            arrays = {k: z[k] for k in ("idf", "indptr", "tags", "weights", "bias")}
-        if len(arrays["indptr"]) != len(features) + 1 or len(arrays["idf"]) != len(features):
-            raise ValueError(f"{directory}: lexical vocabulary and weights disagree in size")
+            a = {k: z[k] for k in ("idf", "indptr", "items", "values", "label_indptr", "label_ids")}
+        if len(a["indptr"]) != len(features) + 1 or len(a["idf"]) != len(features):
+            raise ValueError(f"{directory}: lexical vocabulary and index disagree in size")
         return cls(
-            Featurizer({f: i for i, f in enumerate(features)}, arrays["idf"]),
-            arrays["indptr"].astype(np.int64),
-            arrays["tags"].astype(np.int64),
-            arrays["weights"].astype(np.float32),
-            arrays["bias"].astype(np.float32),
-        )
-
-    @classmethod
-    def from_dense(cls, featurizer: Featurizer, coef: np.ndarray, bias: np.ndarray, keep_per_tag: int) -> LexicalModel:
-        """From a dense [labels, features] weight matrix, keeping each tag's `keep_per_tag` largest
-        |weights| (the rest are near zero after L2-regularised fitting and cost memory only)."""
-        n_labels, n_features = coef.shape
-        keep = min(keep_per_tag, n_features)
-        top = np.argpartition(-np.abs(coef), keep - 1, axis=1)[:, :keep] if keep < n_features else None
-        tag_idx, feat_idx = (
-            (np.repeat(np.arange(n_labels), keep), top.ravel())
-            if top is not None
-            else np.nonzero(np.ones_like(coef, dtype=bool))
-        )
-        w = coef[tag_idx, feat_idx]
-        nz = w != 0
-        tag_idx, feat_idx, w = tag_idx[nz], feat_idx[nz], w[nz]
-        order = np.lexsort((tag_idx, feat_idx))
-        tag_idx, feat_idx, w = tag_idx[order], feat_idx[order], w[order]
-        indptr = np.zeros(n_features + 1, dtype=np.int64)
-        np.add.at(indptr, feat_idx + 1, 1)
-        return cls(
-            featurizer, np.cumsum(indptr), tag_idx.astype(np.int64), w.astype(np.float32), bias.astype(np.float32)
+            Featurizer({f: i for i, f in enumerate(features)}, a["idf"]),
+            a["indptr"].astype(np.int64),
+            a["items"].astype(np.int64),
+            a["values"].astype(np.float32),
+            a["label_indptr"].astype(np.int64),
+            a["label_ids"].astype(np.int64),
+            int(meta["labels"]),
+            int(meta["k"]),
+            float(meta["power"]),
         )
