@@ -21,11 +21,11 @@ import onnxruntime as ort
 import torch
 
 from exporter.metrics import binarize, micro_f1
-from exporter.model import Tagger
+from exporter.model import Tagger, torch_outputs
 from exporter.train import predict_tags
 from schemas.training import load_rows
 from worker.artifact import write_manifest
-from worker.contract import Manifest, RunMeta, bucket, compose_text, fuse, pad_batch, sigmoid
+from worker.contract import Manifest, RunMeta, compose_text, fuse, run_bucketed, sigmoid
 from worker.engine import TagEngine
 from worker.lexical import NeighbourIndex
 
@@ -48,48 +48,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parity-items", type=int, default=256, help="validation items compared (default 256)")
 
 
-def _batches(ids: list[list[int]], pad_id: int, max_items: int = 64) -> list[tuple[list[int], dict[str, np.ndarray]]]:
-    out = []
-    for group in bucket([len(x) for x in ids], max_items, 1 << 30):
-        input_ids, mask = pad_batch([ids[i] for i in group], pad_id)
-        out.append((group, {"input_ids": input_ids, "attention_mask": mask}))
-    return out
-
-
 Outputs = tuple[np.ndarray, list[np.ndarray] | None]
 
 
 def onnx_outputs(session: ort.InferenceSession, ids: list[list[int]], pad_id: int, n_labels: int) -> Outputs:
     """Tag logits [n, labels] and per-item span logits [tokens, classes] (None without a span head)."""
     names = [o.name for o in session.get_outputs()]
-    out = np.zeros((len(ids), n_labels), dtype=np.float32)
-    spans: list[np.ndarray] | None = [np.zeros(0)] * len(ids) if "span_logits" in names else None
-    for group, feed in _batches(ids, pad_id):
-        res = dict(zip(names, session.run(names, feed), strict=True))
-        out[group] = res["logits"]
-        if spans is not None:
-            for row, i in enumerate(group):
-                spans[i] = res["span_logits"][row, : len(ids[i])]
-    return out, spans
+
+    def run(input_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        res = dict(zip(names, session.run(names, {"input_ids": input_ids, "attention_mask": mask}), strict=True))
+        return res["logits"], res.get("span_logits")
+
+    return run_bucketed(ids, pad_id, n_labels, run)
 
 
 def onnx_logits(session: ort.InferenceSession, ids: list[list[int]], pad_id: int, n_labels: int) -> np.ndarray:
     return onnx_outputs(session, ids, pad_id, n_labels)[0]
-
-
-@torch.no_grad()
-def torch_outputs(model: Tagger, ids: list[list[int]], pad_id: int) -> Outputs:
-    out = np.zeros((len(ids), model.head.out_features), dtype=np.float32)
-    spans: list[np.ndarray] | None = [np.zeros(0)] * len(ids) if model.span_head is not None else None
-    for group, feed in _batches(ids, pad_id):
-        logits, span_logits = model.forward_all(
-            torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])
-        )
-        out[group] = logits.numpy()
-        if spans is not None and span_logits is not None:
-            for row, i in enumerate(group):
-                spans[i] = span_logits[row, : len(ids[i])].numpy()
-    return out, spans
 
 
 def check_parity(reference: np.ndarray, candidate: np.ndarray, labels: list[str], atol: float) -> float:

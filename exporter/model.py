@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from worker.contract import RunMeta
+from worker.contract import RunMeta, run_bucketed
 
 HEAD_FILE = "head.pt"
 META_FILE = "tagger.json"
@@ -76,3 +77,17 @@ def _is_bert(model_dir: Path) -> bool:
 
 def _pooler_kwargs(model_dir: Path) -> dict[str, bool]:
     return {"add_pooling_layer": False} if _is_bert(model_dir) else {}
+
+
+@torch.no_grad()
+def torch_outputs(
+    model: Tagger, ids: list[list[int]], pad_id: int, max_items: int = 64
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """PyTorch tag logits [n, labels] and per-item span logits, bucketed like serving."""
+    model.eval()
+
+    def run(input_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        logits, spans = model.forward_all(torch.from_numpy(input_ids), torch.from_numpy(mask))
+        return logits.numpy(), spans.numpy() if spans is not None else None
+
+    return run_bucketed(ids, pad_id, model.head.out_features, run, max_items)

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 from exporter.base_models import DEFAULT_BASE, MULTILINGUAL_BASE, resolve_base_model
 from exporter.data import split, write_rows
 from exporter.metrics import binarize, choose_thresholds, micro_f1, report
-from exporter.model import Tagger
+from exporter.model import Tagger, torch_outputs
 from schemas.training import TrainingRow, facet_of, load_rows
 from worker.contract import (
     Decider,
@@ -29,6 +29,7 @@ from worker.contract import (
     enforce_single,
     fuse,
     pad_batch,
+    sigmoid,
     single_valued_slots,
 )
 from worker.lexical import NeighbourIndex
@@ -138,24 +139,10 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, gen: torch.G
     return [batches[i] for i in order.tolist()]
 
 
-@torch.no_grad()
-def score(
-    model: Tagger, ids: list[list[int]], pad_id: int, batch_size: int = 128
-) -> tuple[np.ndarray, list[np.ndarray] | None]:
+def score(model: Tagger, ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """Sigmoid tag scores [n, labels] and, with a span head, span logits per item [tokens, classes]."""
-    model.eval()
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = np.zeros((len(ids), model.head.out_features), dtype=np.float32)
-    spans: list[np.ndarray] | None = [np.zeros(0)] * len(ids) if model.span_head is not None else None
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        input_ids, mask = _pad([ids[i] for i in chunk], pad_id)
-        logits, span_logits = model.forward_all(input_ids, mask)
-        out[chunk] = torch.sigmoid(logits).numpy()
-        if spans is not None and span_logits is not None:
-            for row, i in enumerate(chunk):
-                spans[i] = span_logits[row, : len(ids[i])].numpy()
-    return out, spans
+    logits, spans = torch_outputs(model, ids, pad_id, max_items=128)
+    return sigmoid(logits), spans
 
 
 def predict_tags(

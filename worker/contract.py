@@ -4,7 +4,7 @@ importing it loads neither torch nor ONNX Runtime."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,34 @@ def pad_batch(ids: Sequence[Sequence[int] | np.ndarray], pad_id: int) -> tuple[n
         input_ids[row, : len(x)] = x
         mask[row, : len(x)] = 1
     return input_ids, mask
+
+
+BatchRun = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+def run_bucketed(
+    ids: Sequence[Sequence[int] | np.ndarray],
+    pad_id: int,
+    n_labels: int,
+    run: BatchRun,
+    max_items: int = 64,
+    max_tokens: int = 1 << 30,
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Run a model (`run(input_ids, attention_mask) -> (tag logits, span logits | None)`) over
+    length buckets and put the outputs back in input order: tag logits [n, labels] and, when the
+    model has a span head, each item's span logits [its tokens, classes] (padding cut). One
+    definition for ONNX Runtime serving, the export check and PyTorch scoring in training."""
+    logits = np.zeros((len(ids), n_labels), dtype=np.float32)
+    spans: list[np.ndarray] | None = None
+    for group in bucket([len(x) for x in ids], max_items, max_tokens):
+        input_ids, mask = pad_batch([ids[i] for i in group], pad_id)
+        out, span_out = run(input_ids, mask)
+        logits[group] = out
+        if span_out is not None:
+            spans = spans if spans is not None else [np.zeros(0)] * len(ids)
+            for row, i in enumerate(group):
+                spans[i] = span_out[row, : len(ids[i])]
+    return logits, spans
 
 
 def over_threshold(row: np.ndarray, thresholds: np.ndarray, labels: Sequence[str]) -> list[tuple[str, float]]:

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, load_manifest
-from worker.contract import Manifest, bucket, enforce_single, fuse, pad_batch, sigmoid
+from worker.contract import Manifest, enforce_single, fuse, run_bucketed, sigmoid
 from worker.lexical import NeighbourIndex
 from worker.spans import extract, known_spellings, merge
 
@@ -136,27 +136,24 @@ class TagEngine:
             for t, e in zip(texts, self.tokenizer.encode_batch(list(texts)), strict=True)
         ]
 
-    def _run(self, items: list[Encoded]) -> dict[str, np.ndarray]:
-        input_ids, mask = pad_batch([x.ids for x in items], self.pad_id)
+    def _run(self, input_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
         outputs = self.session.run(self.output_names, {k: v for k, v in feed.items() if k in self.input_names})
-        return dict(zip(self.output_names, outputs, strict=True))
+        res = dict(zip(self.output_names, outputs, strict=True))
+        return res["logits"], res.get("span_logits") if self.extract_facets else None
 
     def run(self, items: list[Encoded]) -> Outputs:
         """Run the encoder in length buckets (each within max_items and max_tokens of padding), the
         lexical channel over the texts, and fuse the two."""
-        scores = np.zeros((len(items), len(self.labels)), dtype=np.float32)
-        spans: list[np.ndarray] | None = [np.zeros(0)] * len(items) if self.extract_facets else None
-        for group in bucket([len(x) for x in items], self.max_items, self.max_tokens):
-            res = self._run([items[i] for i in group])
-            scores[group] = sigmoid(res["logits"])
-            if spans is not None:
-                for row, i in enumerate(group):
-                    spans[i] = res["span_logits"][row, : len(items[i])]
+        logits, spans = run_bucketed(
+            [x.ids for x in items], self.pad_id, len(self.labels), self._run, self.max_items, self.max_tokens
+        )
+        if self.extract_facets and spans is None:
+            spans = [np.zeros((0, 1), dtype=np.float32)] * len(items)
         lexical = self.lexical.scores([x.text for x in items]) if self.lexical is not None else None
-        return Outputs(fuse(scores, lexical, self.encoder_weight), spans)
+        return Outputs(fuse(sigmoid(logits), lexical, self.encoder_weight), spans)
 
     def scores(self, items: list[Encoded]) -> np.ndarray:
         return self.run(items).scores if items else np.zeros((0, len(self.labels)), dtype=np.float32)

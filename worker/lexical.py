@@ -25,9 +25,11 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
 VOCAB_FILE = "lexical.json"
 WEIGHTS_FILE = "lexical.npz"
@@ -132,13 +134,27 @@ class NeighbourIndex:
 
     @classmethod
     def build(
-        cls, texts: Sequence[str], tags: Sequence[Sequence[int]], n_labels: int, *, k: int = 10, power: float = 3.0
+        cls,
+        texts: Sequence[str],
+        tags: Sequence[Sequence[int]],
+        n_labels: int,
+        *,
+        k: int = 10,
+        power: float = 3.0,
+        max_df: float = 1.0,
     ) -> NeighbourIndex:
-        """Index the training items (`tags`: tag indices per item, same order as `texts`)."""
+        """Index the training items (`tags`: tag indices per item, same order as `texts`).
+
+        Features in more than `max_df` of the items keep their place in each vector's norm but get
+        no postings (default: none dropped; 0.02 made Flipkart queries 20x cheaper in numpy but cost
+        0.02 micro-F1)."""
         featurizer = Featurizer.fit(texts)
         rows, cols, vals = featurizer.transform(texts)
         norms = np.sqrt(np.bincount(rows, weights=vals.astype(np.float64) ** 2, minlength=len(texts)))
         vals = (vals / np.maximum(norms[rows], 1e-12)).astype(np.float32)
+        df = np.bincount(cols, minlength=len(featurizer))
+        keep = df[cols] <= max(2, max_df * len(texts))
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
         order = np.lexsort((rows, cols))
         indptr = np.zeros(len(featurizer) + 1, dtype=np.int64)
         np.add.at(indptr, cols + 1, 1)
@@ -147,21 +163,24 @@ class NeighbourIndex:
         return cls(featurizer, np.cumsum(indptr), rows[order], vals[order], label_indptr, label_ids, n_labels, k, power)
 
     def similarities(self, texts: Sequence[str]) -> np.ndarray:
-        """[n, training items] cosine similarities."""
+        """[n, training items] cosine similarities (a sparse product: scipy's C++ kernel was 13x
+        faster than the same product in numpy on Flipkart)."""
         rows, cols, vals = self.featurizer.transform(texts)
         norms = np.sqrt(np.bincount(rows, weights=vals.astype(np.float64) ** 2, minlength=len(texts)))
-        vals = vals / np.maximum(norms[rows], 1e-12)
-        starts, lens = self.indptr[cols], self.indptr[cols + 1] - self.indptr[cols]
-        total = int(lens.sum())
-        # Expand every (query, feature) pair into that feature's postings, then sum per (query,
-        # training item) with one bincount: a sparse x sparse product without scipy.
-        at = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
-        flat = np.repeat(rows, lens) * self.n_items + self.items[at]
-        sims = np.bincount(flat, weights=np.repeat(vals, lens) * self.values[at], minlength=len(texts) * self.n_items)
-        return sims.reshape(len(texts), self.n_items)
+        query = csr_matrix(
+            ((vals / np.maximum(norms[rows], 1e-12)).astype(np.float32), (rows, cols)),
+            shape=(len(texts), len(self.featurizer)),
+        )
+        return np.asarray((query @ self._postings).toarray())
 
-    def scores(self, texts: Sequence[str]) -> np.ndarray:
-        """[n, labels] float32 in [0, 1]."""
+    @cached_property
+    def _postings(self) -> csr_matrix:
+        return csr_matrix((self.values, self.items, self.indptr), shape=(len(self.featurizer), self.n_items))
+
+    def scores(self, texts: Sequence[str], chunk: int = 128) -> np.ndarray:
+        """[n, labels] float32 in [0, 1]; queries in chunks (memory grows with chunk x postings)."""
+        if len(texts) > chunk:
+            return np.vstack([self.scores(texts[i : i + chunk], chunk) for i in range(0, len(texts), chunk)])
         out = np.zeros((len(texts), self.n_labels), dtype=np.float32)
         if not len(texts) or not self.n_items:
             return out
@@ -182,7 +201,9 @@ class NeighbourIndex:
         """Writes the vocabulary (JSON) and the index (npz); returns the file names."""
         ordered = sorted(self.featurizer.vocab, key=self.featurizer.vocab.__getitem__)
         (directory / VOCAB_FILE).write_text(
-            json.dumps({"features": ordered, "k": self.k, "power": self.power, "labels": self.n_labels}, ensure_ascii=False)
+            json.dumps(
+                {"features": ordered, "k": self.k, "power": self.power, "labels": self.n_labels}, ensure_ascii=False
+            )
         )
         np.savez(
             directory / WEIGHTS_FILE,
