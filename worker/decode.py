@@ -24,7 +24,14 @@ class Invalid:
 
 
 def decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
-    """Every failure is a reason, never an exception."""
+    """Every failure is a reason, never an exception (anything unforeseen is a `schema` reason)."""
+    try:
+        return _decode_product(raw, limits)
+    except Exception as exc:  # a record must never crash the loop: bad input is data
+        return Invalid("schema", f"undecodable: {type(exc).__name__}: {str(exc)[:500]}")
+
+
+def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
     if raw is None:
         return Invalid("not_json", "record has no value (tombstone)")
     if len(raw) > limits.max_message_bytes:
@@ -35,7 +42,9 @@ def decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | I
         return Invalid("not_utf8", f"invalid UTF-8 at byte {exc.start}")
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and also what the JSON parser raises for a number of
+        # more than 4,300 digits (int conversion limit): one such record must not stop a partition.
         return Invalid("not_json", f"malformed JSON: {getattr(exc, 'msg', exc)}")
     if not isinstance(obj, dict):
         return Invalid("not_object", f"expected a JSON object, got {type(obj).__name__}")
@@ -74,8 +83,3 @@ def cache_key(prefix: str, model_version: str, chash: str) -> str:
 def event_id(product_id: str, chash: str, model_version: str) -> str:
     """Same product, content and model -> same id, so replays after a crash are recognisable."""
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{product_id}\x00{chash}\x00{model_version}"))
-
-
-def estimate_tokens(text: str, max_seq_len: int) -> int:
-    """Cheap upper-ish estimate used to close batches before tokenizing (~4 chars per token)."""
-    return min(max_seq_len, 2 + len(text) // 4 + 1)

@@ -57,14 +57,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from worker.cache import Cache, NoCache, RedisCache
-    from worker.health import serve
-    from worker.kafka_io import KafkaPublisher, make_consumer
+    from worker.clock import Abort, RealClock
+    from worker.health import Health, serve
+    from worker.kafka_io import KafkaPublisher, connect_consumer
+    from worker.loop import Loop, RunBatch
     from worker.metrics import Metrics
-    from worker.pipeline import BatchProcessor, Health, Worker
+    from worker.outputs import BuildMessages
+    from worker.publish import Publish
+    from worker.records import DecodeRecords
+    from worker.tagging import TagBatch
 
+    clock = RealClock()
     metrics = Metrics()
     health = Health()
-    stop, abort = threading.Event(), threading.Event()
+    stop, abort = threading.Event(), Abort(clock)
     cache: Cache = NoCache()
     if settings.redis.enabled:
         r = settings.redis
@@ -86,10 +92,29 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    publisher = KafkaPublisher(settings.kafka)
-    processor = BatchProcessor(settings, engine, cache, publisher, metrics, health, abort)
-    worker = Worker(settings, lambda: make_consumer(settings.kafka), processor, metrics, health, stop)
-    code = worker.run()
+    k = settings.kafka
+    publisher = KafkaPublisher(k)
+    run_batch = RunBatch(
+        TagBatch(engine, cache, settings.redis.key_prefix, metrics),
+        BuildMessages(k, engine.model_version),
+        Publish(publisher, k, metrics, health, abort, clock),
+        metrics,
+    )
+    loop = Loop(
+        lambda: connect_consumer(k),
+        k,
+        settings.batching,
+        settings.shutdown,
+        DecodeRecords(settings.limits, engine, metrics),
+        run_batch,
+        publisher,
+        metrics,
+        health,
+        stop,
+        abort,
+        clock,
+    )
+    code = loop.run()
     if server is not None:
         server.shutdown()
     return code
