@@ -70,7 +70,8 @@ def test_decoding_counts_real_tokens_once() -> None:
 
 def test_a_corrupt_cache_entry_is_a_miss() -> None:
     engine, cache = FakeEngine(), FakeCache()
-    records = [r for r in _decode(engine, _record(0, "good entry"), _record(1, "corrupt entry")) if isinstance(r, Valid)]
+    decoded = _decode(engine, _record(0, "good entry"), _record(1, "corrupt entry"))
+    records = [r for r in decoded if isinstance(r, Valid)]
     keys = [cache_key("t:", engine.model_version, r.chash) for r in records]
     cache.data[keys[0]] = tags_to_cache([])
     cache.data[keys[1]] = b"\xff not json"
