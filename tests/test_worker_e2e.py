@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from schemas.events import DeadLetter, TagEvent
-from scripts.local_services import create_topics, free_port
+from scripts.local_services import create_topics, free_port, http_ok, wait_until
 from tests.kafka_helpers import REPO, produce, read_all, start_worker, values, worker_env
 from tests.model_factory import make_rows
 
@@ -36,14 +36,9 @@ def _product(i: int, row: dict) -> bytes:
 
 
 def _wait_http(port: int, path: str, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
-                return json.loads(resp.read())
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{path} never answered 200")
+    wait_until(lambda: http_ok(port, path), timeout_s, f"GET {path} answering 200")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return json.loads(resp.read())
 
 
 def test_sigkill_mid_stream_loses_nothing(
