@@ -4,6 +4,7 @@ in our constructors; `connect_consumer` is the explicit, retried step that conne
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -142,7 +143,8 @@ class KafkaPythonConsumer:
             self._checked_at = self.now()
             stats = (self._c.metrics() or {}).get("consumer-coordinator-metrics", {})
             ago = stats.get("last-heartbeat-seconds-ago")
-            self._connected = ago is None or ago < self.settings.session_timeout_ms / 1000
+            # inf until the first heartbeat (still joining the group after a successful connect)
+            self._connected = ago is None or math.isinf(ago) or ago < self.settings.session_timeout_ms / 1000
         return self._connected
 
     def close(self, timeout_s: float) -> None:
@@ -201,7 +203,8 @@ class KafkaPublisher:
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
         try:
-            return self._client().send(topic, key=key, value=value)  # type: ignore[no-any-return]
+            delivery: Delivery = self._client().send(topic, key=key, value=value)
+            return delivery
         except KafkaError as exc:
             raise TransportError(f"send: {type(exc).__name__}: {exc}") from exc
 
