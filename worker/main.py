@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from worker.artifact import ArtifactError
+from worker.artifact import ArtifactError, load_manifest
 from worker.engine import EngineError, TagEngine
 from worker.settings import SettingsError, WorkerSettings, load_settings
 
@@ -25,11 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_engine(s: WorkerSettings) -> TagEngine:
+    has_int8 = "model.int8.onnx" in load_manifest(s.model.path, verify=False).files
     return TagEngine(
         s.model.path,
         provider=s.model.provider,
         allow_cpu_fallback=s.model.allow_cpu_fallback,
-        int8=s.model.int8,
+        int8=s.model.serve_int8(has_int8),
         intra_op_threads=s.model.intra_op_threads,
         verify=s.model.verify_hashes,
         max_items=s.batching.max_items,
