@@ -100,3 +100,14 @@ def test_messages_validate_against_the_contracts() -> None:
     assert (tag_msg.topic, tag_msg.key, ev.source_offset, ev.model_version) == ("out", b"p0", 0, "m1")
     dl = DeadLetter.model_validate_json(dead_msg.value)
     assert (dead_msg.topic, dl.error_kind, dl.offset, dl.value_b64) == ("dlq", "not_utf8", 1, "/w==")
+
+
+def test_identical_content_in_a_batch_is_inferred_once() -> None:
+    engine, cache = FakeEngine(), FakeCache()
+    decoded = _decode(engine, _record(0, "same text"), _record(1, "same text"), _record(2, "other"))
+    records = [r for r in decoded if isinstance(r, Valid)]
+    out = TagBatch(engine, cache, "t:", Metrics())(records)
+    assert [o.record.product.product_id for o in out if isinstance(o, Tagged)] == ["p0", "p1", "p2"]
+    assert [o.cached for o in out if isinstance(o, Tagged)] == [False, False, False]
+    assert engine.inferred == ["same text", "other"]
+    assert len(cache.data) == 2

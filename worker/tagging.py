@@ -65,31 +65,35 @@ class TagBatch:
 
     def __call__(self, batch: list[Valid]) -> list[Tagged | Rejected]:
         m = self.metrics
-        keys = [cache_key(self.key_prefix, self.model_version, r.chash) for r in batch]
+        # One lookup and one inference per distinct content: a burst of the same product (or the
+        # same text under several ids) is inferred once.
+        first: dict[str, int] = {}
+        for i, r in enumerate(batch):
+            first.setdefault(r.chash, i)
+        unique = [batch[i] for i in first.values()]
+        keys = [cache_key(self.key_prefix, self.model_version, r.chash) for r in unique]
         with m.timed("cache_get"):
             raw = self.cache.get_many(keys)
         hits = [tags_from_cache(v) if v is not None else None for v in raw]
         misses = [i for i, h in enumerate(hits) if h is None]
-        m.cache_hits.inc(len(batch) - len(misses))
+        m.cache_hits.inc(len(unique) - len(misses))
         m.cache_misses.inc(len(misses))
-        inferred = self._infer([batch[i] for i in misses]) if misses else []
-        fresh: dict[str, bytes] = {}
-        out: list[Tagged | Rejected] = []
-        miss_results = dict(zip(misses, inferred, strict=True))
-        for i, r in enumerate(batch):
-            hit = hits[i]
-            if hit is not None:
-                out.append(Tagged(r, hit, cached=True))
-                continue
-            result = miss_results[i]
-            if isinstance(result, Invalid):
-                out.append(Rejected(r.source, r.received, result))
-            else:
-                fresh[keys[i]] = tags_to_cache(result)
-                out.append(Tagged(r, result, cached=False))
+        inferred = dict(zip(misses, self._infer([unique[i] for i in misses]), strict=True)) if misses else {}
+        fresh = {keys[i]: tags_to_cache(t) for i, t in inferred.items() if not isinstance(t, Invalid)}
         if fresh:
             with m.timed("cache_set"):
                 self.cache.set_many(fresh)
+        by_hash = {r.chash: j for j, r in enumerate(unique)}
+        out: list[Tagged | Rejected] = []
+        for r in batch:
+            j = by_hash[r.chash]
+            hit = hits[j]
+            if hit is not None:
+                out.append(Tagged(r, hit, cached=True))
+            elif isinstance(result := inferred[j], Invalid):
+                out.append(Rejected(r.source, r.received, result))
+            else:
+                out.append(Tagged(r, result, cached=False))
         return out
 
     def _infer(self, items: list[Valid]) -> list[list[Tag] | Invalid]:

@@ -220,6 +220,7 @@ class FakeEngine:
 
     def __init__(self, poison: str = "POISON") -> None:
         self.poison, self.broken, self.runs = poison, False, 0
+        self.inferred: list[str] = []  # texts of every successful run, in order
 
     def encode(self, texts: Sequence[str]) -> list[Encoded]:
         return [Encoded(t, np.arange(len(t.split()) + 2, dtype=np.int64), []) for t in texts]
@@ -228,6 +229,7 @@ class FakeEngine:
         self.runs += 1
         if self.broken or any(self.poison in x.text for x in items):
             raise RuntimeError("onnxruntime: Non-zero status code returned while running node (scripted)")
+        self.inferred += [x.text for x in items]
         return Outputs(np.full((len(items), 1), 0.9, dtype=np.float32), None)
 
     def decode(self, items: list[Encoded], outputs: Outputs) -> list[list[Tag]]:
