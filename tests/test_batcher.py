@@ -82,3 +82,17 @@ def test_drop_removes_queued_items() -> None:
         b.add(i, 1)
     assert b.drop(lambda i: i % 2 == 1) == 2
     assert b.take_all() == [0, 2, 4]
+
+
+def test_adaptive_sends_at_once_when_idle_and_waits_when_busy() -> None:
+    clock = FakeClock()
+    b: Batcher[int] = Batcher(max_items=3, max_tokens=1000, max_wait_s=0.05, now=clock)
+    b.add(1, 5)
+    assert b.due(idle=True), "an idle batch thread should not wait for company"
+    assert not b.due(idle=False)
+    b.add(2, 5)
+    clock.t += 0.05
+    assert b.due(idle=False)  # busy: the oldest item's max wait still bounds latency
+    for i in range(3, 8):
+        b.add(i, 5)
+    assert b.take() == [1, 2, 3]  # still bounded by the limits

@@ -66,6 +66,7 @@ def rig(
     max_items: int = 2,
     max_in_flight: int = 1,
     drain_timeout_s: float = 20.0,
+    max_wait_ms: float = 0,
     executor: Executor | None = None,
 ) -> Rig:
     clock = FakeClock()
@@ -78,7 +79,7 @@ def rig(
         metrics,
         wall_clock=lambda: 1_750_000_000.0,
     )
-    batching = BatchingSettings(max_items=max_items, max_wait_ms=0, max_in_flight=max_in_flight)
+    batching = BatchingSettings(max_items=max_items, max_wait_ms=max_wait_ms, max_in_flight=max_in_flight)
     loop = Loop(
         lambda: consumer,
         KAFKA,
@@ -338,3 +339,19 @@ def test_records_fetched_in_the_poll_that_rebalanced_are_read_again() -> None:
     r.run_all()
     assert set(r.products()) == {f"p-{i}" for i in range(4)}
     assert r.consumer.committed_offsets == {r.consumer.tp(): 4}
+
+
+def test_adaptive_batching_follows_the_load() -> None:
+    r = rig(max_items=8, max_in_flight=2, max_wait_ms=1000)
+    ex = r.executor
+    assert isinstance(ex, ManualExecutor)
+    r.consumer.produce(product(0))
+    r.steps(2)
+    assert len(ex.queue) == 1, "idle: a lone record goes at once"
+    for i in range(1, 4):
+        r.consumer.produce(product(i))
+    r.steps(2)
+    assert len(ex.queue) == 1, "busy: records wait to fill a batch"
+    ex.run_all()
+    r.steps(2)
+    assert len(ex.queue) == 1 and len(ex.queue[0][2][0]) == 3, "idle again: the three go as one batch"

@@ -1,5 +1,9 @@
 """Micro-batcher: close a batch by item count, padded-token budget or age of its oldest item.
 
+Adaptive (`due(idle=True)`): when the batch thread has nothing to do, waiting for more items only
+adds latency, so whatever is queued goes at once; while it is busy, items accumulate up to the
+limits or `max_wait_s`. Batch size thus follows the load: small when idle, full when saturated.
+
 Pure and clock-injected (`now`), so tests advance a fake clock instead of sleeping. Items arrive
 with their real token counts (tokenized before batching); a batch costs `padded_tokens`, the one
 definition of the token budget on the worker's side.
@@ -57,8 +61,10 @@ class Batcher(Generic[T]):
             return None
         return max(0.0, self._items[0][2] + self.max_wait_s - self.now())
 
-    def due(self) -> bool:
-        return bool(self._items) and (self.full or self.time_left() == 0.0)
+    def due(self, idle: bool = False) -> bool:
+        """A batch should be taken now: it is full, its oldest item is `max_wait_s` old, or the
+        consumer of batches is `idle`."""
+        return bool(self._items) and (idle or self.full or self.time_left() == 0.0)
 
     def take(self) -> list[T]:
         """The oldest items up to the limits (always at least one); the rest stay queued."""

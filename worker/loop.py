@@ -174,7 +174,9 @@ class Loop:
         self.metrics.in_flight.set(len(self.in_flight))
 
     def _submit_due(self) -> None:
-        while self.batcher.due() and len(self.in_flight) < self.batching.max_in_flight:
+        while len(self.in_flight) < self.batching.max_in_flight and self.batcher.due(
+            idle=self.batching.adaptive and not self.in_flight
+        ):
             self._submit(self.batcher.take())
 
     def _reap(self) -> None:

@@ -107,6 +107,9 @@ class BatchingSettings(_Section):
     max_tokens: int = Field(8_192, ge=16, description="Token budget of one inference call (padded batch x sequence).")
     max_wait_ms: float = Field(20.0, ge=0, description="Close a micro-batch this long after its first item.")
     max_in_flight: int = Field(2, ge=1, le=8, description="Batches being tagged/published at once.")
+    adaptive: bool = Field(
+        True, description="Send queued items at once when no batch is running (max_wait_ms applies only when busy)."
+    )
 
 
 class LimitSettings(_Section):
