@@ -69,3 +69,8 @@ def test_a_number_over_4300_digits_is_a_dead_letter_not_a_crash() -> None:
     raw = b'{"product_id": "p1", "title": "t", "price": ' + b"9" * 5000 + b"}"
     result = decode_product(raw, LimitSettings())
     assert isinstance(result, Invalid) and result.reason == "not_json", result
+
+
+def test_a_lone_surrogate_escape_is_a_dead_letter() -> None:
+    # Valid UTF-8 bytes, but "\ud800" decodes to a string that cannot be encoded (hashed) again.
+    assert reason(b'{"product_id": "p1", "title": "bad \\ud800 title"}') == "not_json"

@@ -4,10 +4,10 @@ hashes, cache keys and deterministic event ids. No I/O."""
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 
+import orjson
 from pydantic import ValidationError
 
 from schemas.events import DeadLetterReason, ProductEvent
@@ -37,15 +37,16 @@ def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | 
     if len(raw) > limits.max_message_bytes:
         return Invalid("too_large", f"{len(raw)} bytes > max_message_bytes {limits.max_message_bytes}")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Invalid("not_utf8", f"invalid UTF-8 at byte {exc.start}")
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError and also what the JSON parser raises for a number of
-        # more than 4,300 digits (int conversion limit): one such record must not stop a partition.
-        return Invalid("not_json", f"malformed JSON: {getattr(exc, 'msg', exc)}")
+        # orjson validates UTF-8 itself, refuses lone surrogates (which would fail later, when the
+        # text is hashed) and numbers it cannot represent (stdlib json raised a plain ValueError
+        # past 4,300 digits), and bounds nesting depth.
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return Invalid("not_utf8", f"invalid UTF-8 at byte {bad.start}")
+        return Invalid("not_json", f"malformed JSON: {exc}")
     if not isinstance(obj, dict):
         return Invalid("not_object", f"expected a JSON object, got {type(obj).__name__}")
     try:

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import orjson
 
 from schemas.events import DeadLetter
 from worker.decode import event_id
@@ -34,7 +35,7 @@ def tag_event(t: Tagged, model_version: str, tagged_at: str, topic: str) -> OutM
     ev = {
         "event_id": event_id(product.product_id, r.chash, model_version),
         "product_id": product.product_id,
-        "tags": [{"tag": x.tag, "score": min(1.0, max(0.0, x.score))} for x in t.tags],
+        "tags": [{"tag": x.tag, "score": float(min(1.0, max(0.0, x.score)))} for x in t.tags],
         "model_version": model_version,
         "content_hash": r.chash,
         "tagged_at": tagged_at,
@@ -43,8 +44,7 @@ def tag_event(t: Tagged, model_version: str, tagged_at: str, topic: str) -> OutM
         "source_partition": r.source.partition,
         "source_offset": r.source.offset,
     }
-    value = json.dumps(ev, ensure_ascii=False, separators=(",", ":")).encode()
-    return OutMessage(topic, product.product_id.encode(), value, r.source, tagged=True)
+    return OutMessage(topic, product.product_id.encode(), orjson.dumps(ev), r.source, tagged=True)
 
 
 def dead_letter(rej: Rejected, stamp: datetime, topic: str) -> OutMessage:

@@ -7,10 +7,11 @@ model fail is rejected (`inference_failed`), the rest is tagged. Pure logic over
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Protocol
+
+import orjson
 
 from worker.batcher import padded_tokens
 from worker.cache import Cache
@@ -47,14 +48,14 @@ class Tagged:
 
 
 def tags_to_cache(tags: list[Tag]) -> bytes:
-    return json.dumps([[t.tag, t.score] for t in tags], separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps([[t.tag, float(t.score)] for t in tags])
 
 
 def tags_from_cache(raw: bytes) -> list[Tag] | None:
     """None for anything that is not our format: a corrupt entry is a miss, never an error."""
     try:
-        return [Tag(str(t), float(s)) for t, s in json.loads(raw)]
-    except (ValueError, TypeError):
+        return [Tag(str(t), float(s)) for t, s in orjson.loads(raw)]
+    except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
         return None
 
 
