@@ -15,9 +15,9 @@ from worker.loop import Loop, RunBatch
 from worker.metrics import Metrics
 from worker.outputs import BuildMessages
 from worker.publish import Publish
-from worker.records import DecodeRecords
+from worker.records import DecodeRecords, Tokenize
 from worker.settings import BatchingSettings, KafkaSettings, LimitSettings, ShutdownSettings
-from worker.tagging import TagBatch
+from worker.tagging import CacheLookup, TagBatch
 from worker.testing import FakeCache, FakeClock, FakeConsumer, FakeEngine, FakePublisher, ManualExecutor
 
 KAFKA = KafkaSettings(input_topic="in", output_topic="out", dlq_topic="dlq", commit_interval_ms=0, poll_timeout_ms=1)
@@ -49,7 +49,7 @@ class Rig:
             self.loop.step()
             ex.run_all()
             fetched = all(self.consumer.positions[tp] == len(self.consumer.logs[tp]) for tp in self.consumer.positions)
-            if fetched and not len(self.loop.batcher) and not self.loop.in_flight and not ex.queue:
+            if fetched and not len(self.loop.batcher) and not self.loop.ready and not self.loop.in_flight:
                 self.loop.step()  # reap and commit the last one
                 return
         raise AssertionError("loop did not settle")
@@ -85,7 +85,9 @@ def rig(
         KAFKA,
         batching,
         ShutdownSettings(drain_timeout_s=drain_timeout_s),
-        DecodeRecords(LimitSettings(), engine, metrics),
+        DecodeRecords(LimitSettings(), metrics),
+        CacheLookup(cache, "t:", engine.model_version, metrics),
+        Tokenize(engine, metrics),
         run_batch,
         publisher,
         metrics,
@@ -355,3 +357,25 @@ def test_adaptive_batching_follows_the_load() -> None:
     ex.run_all()
     r.steps(2)
     assert len(ex.queue) == 1 and len(ex.queue[0][2][0]) == 3, "idle again: the three go as one batch"
+
+
+def test_cache_hits_skip_batching_and_inference() -> None:
+    r = rig(max_items=8, max_in_flight=2, max_wait_ms=1000)
+    ex = r.executor
+    assert isinstance(ex, ManualExecutor)
+    r.consumer.produce(product(0, "seen before"))
+    r.run_all()
+    runs = r.engine.runs
+    r.consumer.produce(product(1, "something new"))
+    r.consumer.produce(product(2, "seen before"))  # a hit behind a miss
+    r.steps(2)
+    assert len(ex.queue) == 2, "the hit waited in the batcher"
+    assert [type(i).__name__ for i in ex.queue[0][2][0]] == ["Tagged"]  # submitted first, no inference
+    ex.run(0)
+    r.steps(1)
+    assert r.products() == ["p-0", "p-2"]
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 1}, "committed past the miss still in flight"
+    ex.run_all()
+    r.steps(1)
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 3}
+    assert r.engine.runs == runs + 1 and r.engine.inferred[-1:] == ["something new"]

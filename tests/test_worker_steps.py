@@ -9,42 +9,49 @@ from worker.decode import cache_key
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.outputs import BuildMessages
-from worker.records import DecodeRecords, Rejected, Valid
+from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
 from worker.settings import KafkaSettings, LimitSettings
-from worker.tagging import TagBatch, Tagged, tags_to_cache
+from worker.tagging import CacheLookup, TagBatch, Tagged, tags_to_cache
 from worker.testing import FakeCache, FakeEngine
 from worker.transport import ConsumedRecord, TopicPartition
 
 A, B = TopicPartition("in", 0), TopicPartition("in", 1)
 
 
+def _consume(t: OffsetTracker, tp: TopicPartition, *offsets: int) -> list[tuple[TopicPartition, int]]:
+    for o in offsets:
+        t.seen(tp, o)
+    return [(tp, o) for o in offsets]
+
+
 def test_tracker_commits_in_consume_order_whatever_the_completion_order() -> None:
     t = OffsetTracker()
-    first, second, third = t.open({A: 10}), t.open({A: 20, B: 5}), t.open({B: 9})
+    first = t.open(_consume(t, A, 0, 1))
+    second = t.open(_consume(t, A, 2, 3) + _consume(t, B, 0))
+    third = t.open(_consume(t, B, 1))
     t.done(third)
     t.done(second)
-    assert t.committable() == {}
+    assert t.committable() == {B: 2}, "A committed past a batch still in flight"
     t.done(first)
-    assert t.committable() == {A: 20, B: 9}
-    t.committed({A: 20, B: 9})
-    assert t.committable() == {} and t.last_committed(A) == 20
+    assert t.committable() == {A: 4, B: 2}
+    t.committed({A: 4, B: 2})
+    assert t.committable() == {} and t.last_committed(A) == 4
 
 
 def test_tracker_never_commits_past_a_failed_batch() -> None:
     t = OffsetTracker()
-    ok, bad, later = t.open({A: 10}), t.open({A: 20}), t.open({A: 30})
+    ok, bad, later = (t.open(_consume(t, A, o)) for o in (0, 1, 2))
     t.done(ok)
     t.failed(bad)
     t.done(later)
-    assert t.committable() == {A: 10}
+    assert t.committable() == {A: 1}
     assert t.blocked
 
 
 def test_tracker_forget_returns_where_to_read_again() -> None:
     t = OffsetTracker()
-    t.seen(A, 0)
-    t.seen(B, 7)
-    done, in_flight = t.open({A: 5}), t.open({A: 9, B: 8})
+    done = t.open(_consume(t, A, 0, 1, 2, 3, 4))
+    in_flight = t.open(_consume(t, A, 5, 6) + _consume(t, B, 7))
     t.done(done)
     t.committed(t.committable())
     assert t.forget({A, B}) == {A: 5, B: 7}  # A's last commit; B never committed: its first record
@@ -58,7 +65,9 @@ def _record(offset: int, title: str, pid: str = "p") -> ConsumedRecord:
 
 
 def _decode(engine: FakeEngine, *records: ConsumedRecord) -> list[Valid | Rejected]:
-    return DecodeRecords(LimitSettings(), engine, Metrics())(list(records), 0.0)
+    decoded = DecodeRecords(LimitSettings(), Metrics())(list(records), 0.0)
+    tokenized = iter(Tokenize(engine, Metrics())([d for d in decoded if isinstance(d, Parsed)]))
+    return [next(tokenized) if isinstance(d, Parsed) else d for d in decoded]
 
 
 def test_decoding_counts_real_tokens_once() -> None:
@@ -75,8 +84,10 @@ def test_a_corrupt_cache_entry_is_a_miss() -> None:
     keys = [cache_key("t:", engine.model_version, r.chash) for r in records]
     cache.data[keys[0]] = tags_to_cache([])
     cache.data[keys[1]] = b"\xff not json"
-    out = TagBatch(engine, cache, "t:", Metrics())(records)
-    assert [o.cached for o in out if isinstance(o, Tagged)] == [True, False]
+    hits, misses = CacheLookup(cache, "t:", engine.model_version, Metrics())(list(records))
+    assert [h.record for h in hits] == [records[0]] and hits[0].cached
+    assert misses == [records[1]]
+    TagBatch(engine, cache, "t:", Metrics())([records[1]])
     assert engine.runs == 1
     assert json.loads(cache.data[keys[1]]) == [["words:2", 0.8999999761581421]]  # refilled
 
@@ -108,6 +119,8 @@ def test_identical_content_in_a_batch_is_inferred_once() -> None:
     records = [r for r in decoded if isinstance(r, Valid)]
     out = TagBatch(engine, cache, "t:", Metrics())(records)
     assert [o.record.product.product_id for o in out if isinstance(o, Tagged)] == ["p0", "p1", "p2"]
+    hits, misses = CacheLookup(cache, "t:", engine.model_version, Metrics())(list(records))
+    assert len(hits) == 3 and not misses
     assert [o.cached for o in out if isinstance(o, Tagged)] == [False, False, False]
     assert engine.inferred == ["same text", "other"]
     assert len(cache.data) == 2

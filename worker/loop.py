@@ -1,7 +1,8 @@
 """The poll loop: wires the steps and owns the consumer.
 
-    poll -> DecodeRecords -> Batcher -> RunBatch on the batch thread (TagBatch -> BuildMessages
-    -> Publish) -> OffsetTracker -> commit, last.
+    poll -> DecodeRecords -> CacheLookup -+-> hits and dead letters: ready at once -------+
+                                          +-> misses: Tokenize -> Batcher ------------+
+    RunBatch on the batch thread (TagBatch -> BuildMessages -> Publish) -> OffsetTracker -> commit, last.
 
 One iteration (`step`): collect finished batches, commit what the tracker allows, submit due
 batches (at most `max_in_flight`), pause or resume partitions (backpressure), poll, act on
@@ -27,14 +28,21 @@ from worker.offsets import OffsetTracker
 from worker.outputs import BuildMessages
 from worker.publish import FLUSH_SLICE_S, Publish, PublishAborted
 from worker.rebalance import RebalanceEvents
-from worker.records import Decoded, DecodeRecords, Rejected, Valid
+from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
 from worker.settings import BatchingSettings, KafkaSettings, ShutdownSettings
-from worker.tagging import TagBatch, Tagged
+from worker.tagging import CacheLookup, TagBatch, Tagged
 from worker.transport import CommitRejected, ConsumedRecord, Consumer, Publisher, TopicPartition, TransportError
 
 log = logging.getLogger(__name__)
 COMMIT_TIMEOUT_S = 10.0
 LAG_INTERVAL_S = 5.0
+
+
+Item = Valid | Tagged | Rejected  # what a batch carries: to infer, already tagged (cache hit), or dead
+
+
+def source_of(item: Item) -> ConsumedRecord:
+    return item.record.source if isinstance(item, Tagged) else item.source
 
 
 @dataclass(frozen=True)
@@ -57,13 +65,12 @@ class RunBatch:
     ) -> None:
         self.tag, self.build, self.publish, self.metrics, self.wall_clock = tag, build, publish, metrics, wall_clock
 
-    def __call__(self, batch: list[Decoded]) -> BatchResult:
+    def __call__(self, batch: list[Item]) -> BatchResult:
         m, started = self.metrics, self.metrics.now()
         for r in batch:
-            m.queue_wait.observe(started - r.received)
+            m.queue_wait.observe(started - (r.record.received if isinstance(r, Tagged) else r.received))
         m.batch_size.observe(len(batch))
-        valid = [d for d in batch if isinstance(d, Valid)]
-        tagged = iter(self.tag(valid) if valid else [])
+        tagged = iter(self.tag([d for d in batch if isinstance(d, Valid)]))
         outcomes: list[Tagged | Rejected] = [next(tagged) if isinstance(d, Valid) else d for d in batch]
         with m.timed("serialize"):
             messages = self.build(outcomes, self.wall_clock())
@@ -80,16 +87,8 @@ class RunBatch:
         return BatchResult(len(outcomes) - dead, sum(1 for o in outcomes if isinstance(o, Tagged) and o.cached), dead)
 
 
-def _in(partitions: frozenset[TopicPartition], d: Decoded) -> bool:
-    return d.source.tp in partitions
-
-
-def _next_offsets(batch: list[Decoded]) -> dict[TopicPartition, int]:
-    out: dict[TopicPartition, int] = {}
-    for d in batch:
-        tp = d.source.tp
-        out[tp] = max(out.get(tp, 0), d.source.offset + 1)
-    return out
+def _in(partitions: frozenset[TopicPartition], item: Item) -> bool:
+    return source_of(item).tp in partitions
 
 
 class Loop:
@@ -100,7 +99,9 @@ class Loop:
         batching: BatchingSettings,
         shutdown: ShutdownSettings,
         decode: DecodeRecords,
-        run_batch: Callable[[list[Decoded]], BatchResult],
+        lookup: CacheLookup,
+        tokenize: Tokenize,
+        run_batch: Callable[[list[Item]], BatchResult],
         publisher: Publisher,
         metrics: Metrics,
         health: Health,
@@ -111,12 +112,15 @@ class Loop:
     ) -> None:
         self.connect, self.kafka, self.batching = connect, kafka, batching
         self.drain_timeout_s = shutdown.drain_timeout_s
-        self.decode, self.run_batch, self.publisher = decode, run_batch, publisher
+        self.decode, self.lookup, self.tokenize = decode, lookup, tokenize
+        self.run_batch, self.publisher = run_batch, publisher
         self.metrics, self.health, self.stop, self.abort, self.clock = metrics, health, stop, abort, clock
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
-        self.batcher: Batcher[Decoded] = Batcher(
+        self.batcher: Batcher[Valid] = Batcher(
             batching.max_items, batching.max_tokens, batching.max_wait_ms / 1000, now=clock.now
         )
+        self.ready: list[Tagged | Rejected] = []  # cache hits and dead letters: no batching, no inference
+        self.inferring: set[int] = set()  # in-flight batches that run the model
         self.tracker = OffsetTracker()
         self.events = RebalanceEvents()
         self.in_flight: dict[int, Future[BatchResult]] = {}
@@ -168,22 +172,29 @@ class Loop:
         self._tick()
 
     # -- batches ------------------------------------------------------------------------------
-    def _submit(self, batch: list[Decoded]) -> None:
-        batch_id = self.tracker.open(_next_offsets(batch))
+    def _submit(self, batch: list[Item]) -> None:
+        batch_id = self.tracker.open((source_of(i).tp, source_of(i).offset) for i in batch)
         self.in_flight[batch_id] = self.executor.submit(self.run_batch, batch)
+        if any(isinstance(i, Valid) for i in batch):
+            self.inferring.add(batch_id)
         self.metrics.in_flight.set(len(self.in_flight))
 
     def _submit_due(self) -> None:
-        while len(self.in_flight) < self.batching.max_in_flight and self.batcher.due(
-            idle=self.batching.adaptive and not self.in_flight
+        b = self.batching
+        if self.ready and len(self.in_flight) < b.max_in_flight:
+            ready, self.ready = self.ready, []
+            self._submit(list(ready))
+        while len(self.in_flight) < b.max_in_flight and self.batcher.due(
+            idle=b.adaptive and not self.inferring.intersection(self.in_flight)
         ):
-            self._submit(self.batcher.take())
+            self._submit(list(self.batcher.take()))
 
     def _reap(self) -> None:
         for batch_id, fut in list(self.in_flight.items()):
             if not fut.done():
                 continue
             del self.in_flight[batch_id]
+            self.inferring.discard(batch_id)
             exc = fut.exception()
             if exc is None:
                 result = fut.result()
@@ -228,7 +239,8 @@ class Loop:
         resume otherwise. Reconciled against the client each time: kafka-python keeps the paused
         flag of partitions that survive a rebalance, so a flag set before one must be cleared."""
         assert self.consumer is not None
-        full = len(self.in_flight) >= self.batching.max_in_flight and len(self.batcher) >= self.batching.max_items
+        b = self.batching
+        full = len(self.in_flight) >= b.max_in_flight and max(len(self.batcher), len(self.ready)) >= b.max_items
         assigned = self.consumer.assignment()
         want = assigned if full else set()
         paused = self.consumer.paused() & assigned
@@ -248,7 +260,7 @@ class Loop:
             timeout_s = 0.0
         elif (left := self.batcher.time_left()) is not None:
             timeout_s = min(timeout_s, left)
-        room = max(1, self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher))
+        room = max(1, self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher) - len(self.ready))
         try:
             with self.metrics.timed("poll"):
                 records = self.consumer.poll(timeout_s, min(room, self.kafka.max_poll_records))
@@ -279,10 +291,23 @@ class Loop:
                 self.rewind[tp] = min(self.rewind.get(tp, offset), offset)
         for r in keep:
             self.tracker.seen(r.tp, r.offset)
-        for d in self.decode(keep, self.clock.now()):
-            self.batcher.add(d, d.tokens if isinstance(d, Valid) else 0)
+        self._prepare(keep)
         self.metrics.consumed.inc(len(keep))
         self.totals["consumed"] += len(keep)
+
+    def _prepare(self, records: list[ConsumedRecord]) -> None:
+        """Decode; cache hits and dead letters are ready at once; misses are tokenized and batched."""
+        decoded = self.decode(records, self.clock.now())
+        hits, misses = self.lookup([d for d in decoded if isinstance(d, Parsed)])
+        tokenized = self.tokenize(misses)
+        hit_of = {id(t.record): t for t in hits}
+        tokens_of = {id(p): v for p, v in zip(misses, tokenized, strict=True)}
+        for d in decoded:
+            item = d if isinstance(d, Rejected) else hit_of.get(id(d)) or tokens_of[id(d)]
+            if isinstance(item, Valid):
+                self.batcher.add(item, item.tokens)
+            else:
+                self.ready.append(item)
 
     def _rebalance(self) -> tuple[set[TopicPartition], set[TopicPartition]]:
         """Act on rebalance events on this thread. Returns the partitions whose polled records are
@@ -306,6 +331,7 @@ class Loop:
             log.info("partitions %s: %s; their uncommitted work is dropped", kind, names)
             self.rewind.update(self.tracker.forget(partitions))
             self.batcher.drop(partial(_in, partitions))
+            self.ready = [i for i in self.ready if not _in(partitions, i)]
             fenced |= partitions
         return fenced, rewound
 
@@ -349,8 +375,12 @@ class Loop:
         self.abort.deadline = deadline - min(5.0, self.drain_timeout_s / 4)
         if self.failed:
             self.batcher.take_all()
+            self.ready = []
+        if self.ready:
+            ready, self.ready = self.ready, []
+            self._submit(list(ready))
         while len(self.batcher):
-            self._submit(self.batcher.take())
+            self._submit(list(self.batcher.take()))
         for fut in list(self.in_flight.values()):
             wait([fut], timeout=max(0.0, self.abort.deadline - self.clock.now()))
             if not fut.done():

@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from worker.metrics import Metrics
     from worker.outputs import BuildMessages
     from worker.publish import Publish
-    from worker.records import DecodeRecords
-    from worker.tagging import TagBatch
+    from worker.records import DecodeRecords, Tokenize
+    from worker.tagging import CacheLookup, TagBatch
 
     clock = RealClock()
     metrics = Metrics()
@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         k,
         settings.batching,
         settings.shutdown,
-        DecodeRecords(settings.limits, engine, metrics),
+        DecodeRecords(settings.limits, metrics),
+        CacheLookup(cache, settings.redis.key_prefix, engine.model_version, metrics),
+        Tokenize(engine, metrics),
         run_batch,
         publisher,
         metrics,

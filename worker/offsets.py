@@ -1,95 +1,87 @@
 """Step 5, the offset tracker: which offsets may be committed. Pure (no I/O, no clock).
 
-Batches are opened in consume order and may finish in any order; a partition's offset is
-committable only once every earlier batch is done, so a commit never passes a record that has not
-been acknowledged. A failed batch blocks everything after it for good.
+Every consumed record is outstanding until the batch that carries it is acknowledged. A
+partition's committable offset is its first outstanding record (or, with none, the last consumed
++ 1), so batches may finish in any order, cache hits may overtake inference, and a commit never
+passes a record that was not acknowledged. A failed batch's records stay outstanding for good.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Collection, Iterable
 
 from worker.transport import TopicPartition
 
 
-@dataclass
-class _Batch:
-    next_offsets: dict[TopicPartition, int]  # per partition: last offset in the batch + 1
-    done: bool = False
-    failed: bool = False
-
-
-@dataclass
 class OffsetTracker:
-    _open: dict[int, _Batch] = field(default_factory=dict)  # insertion order = consume order
-    _ready: dict[TopicPartition, int] = field(default_factory=dict)  # acknowledged, not yet committed
-    _committed: dict[TopicPartition, int] = field(default_factory=dict)
-    _first_seen: dict[TopicPartition, int] = field(default_factory=dict)
-    _next_id: int = 0
+    def __init__(self) -> None:
+        self._outstanding: dict[TopicPartition, deque[int]] = {}  # consumed, in offset order
+        self._acked: dict[TopicPartition, set[int]] = {}  # acknowledged, not yet at the front
+        self._next: dict[TopicPartition, int] = {}  # last consumed + 1
+        self._start: dict[TopicPartition, int] = {}  # first consumed: committing it would be no progress
+        self._committed: dict[TopicPartition, int] = {}
+        self._batches: dict[int, list[tuple[TopicPartition, int]]] = {}
+        self._failed: set[int] = set()
+        self._next_id = 0
 
     def seen(self, tp: TopicPartition, offset: int) -> None:
-        """A record was consumed (used to know where to rewind when nothing was committed yet)."""
-        self._first_seen.setdefault(tp, offset)
+        """A record was consumed: outstanding until its batch is done."""
+        self._outstanding.setdefault(tp, deque()).append(offset)
+        self._start.setdefault(tp, offset)
+        self._next[tp] = offset + 1
 
-    def open(self, offsets: dict[TopicPartition, int]) -> int:
-        """Register a batch (next offsets per partition), in consume order; returns its id."""
+    def open(self, records: Iterable[tuple[TopicPartition, int]]) -> int:
+        """Register a batch of consumed records; returns its id."""
         self._next_id += 1
-        self._open[self._next_id] = _Batch(dict(offsets))
+        self._batches[self._next_id] = list(records)
         return self._next_id
 
     def done(self, batch_id: int) -> None:
-        if batch_id in self._open:
-            self._open[batch_id].done = True
-            self._advance()
+        for tp, offset in self._batches.pop(batch_id, []):
+            if tp not in self._outstanding:
+                continue  # the partition was revoked meanwhile
+            self._acked.setdefault(tp, set()).add(offset)
+            queue, acked = self._outstanding[tp], self._acked[tp]
+            while queue and queue[0] in acked:
+                acked.discard(queue.popleft())
 
     def failed(self, batch_id: int) -> None:
-        if batch_id in self._open:
-            self._open[batch_id].failed = True
+        self._batches.pop(batch_id, None)
+        self._failed.add(batch_id)  # its records stay outstanding: nothing past them is committed
 
     @property
     def blocked(self) -> bool:
-        return any(b.failed for b in self._open.values())
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._open)
-
-    def _advance(self) -> None:
-        for batch_id in list(self._open):
-            batch = self._open[batch_id]
-            if not batch.done:
-                return  # in consume order: nothing past an unfinished or failed batch
-            for tp, off in batch.next_offsets.items():
-                self._ready[tp] = max(self._ready.get(tp, 0), off)
-            del self._open[batch_id]
+        return bool(self._failed)
 
     def committable(self) -> dict[TopicPartition, int]:
-        return {tp: off for tp, off in self._ready.items() if off > self._committed.get(tp, -1)}
+        out = {}
+        for tp, queue in self._outstanding.items():
+            offset = queue[0] if queue else self._next[tp]
+            if offset > self._committed.get(tp, self._start[tp]):
+                out[tp] = offset
+        return out
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, off in offsets.items():
             self._committed[tp] = max(self._committed.get(tp, 0), off)
-            if self._ready.get(tp) == off:
-                del self._ready[tp]
 
     def last_committed(self, tp: TopicPartition) -> int | None:
         return self._committed.get(tp)
 
     def forget(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
-        """Partitions revoked or lost: drop their uncommitted progress, including offsets of batches
-        still in flight. Returns where each must be re-read from if it comes back to this member
-        (its last commit, or the first record consumed): work dropped here is never skipped."""
-        gone = set(partitions)
+        """Partitions revoked or lost: drop their uncommitted progress, including records of
+        batches still in flight. Returns where each must be re-read from if it comes back to this
+        member (its last commit, or its first record consumed): dropped work is never skipped."""
         rewind: dict[TopicPartition, int] = {}
-        for tp in gone:
-            start = self._committed.get(tp, self._first_seen.get(tp))
+        for tp in partitions:
+            queue = self._outstanding.pop(tp, None)
+            start = self._committed.pop(tp, None)
+            if start is None and queue:
+                start = queue[0]
             if start is not None:
                 rewind[tp] = start
-            self._ready.pop(tp, None)
-            self._committed.pop(tp, None)
-            self._first_seen.pop(tp, None)
-        for batch in self._open.values():
-            for tp in gone & batch.next_offsets.keys():
-                del batch.next_offsets[tp]
+            self._acked.pop(tp, None)
+            self._next.pop(tp, None)
+            self._start.pop(tp, None)
         return rewind

@@ -1,6 +1,7 @@
-"""Step 1, decoding: fetched records -> immutable `Valid` (with the real tokens the model will see)
-or `Rejected` (a dead-letter reason). Every exception from decoding a record becomes a `Rejected`;
-no record can stop the loop."""
+"""Step 1, decoding: fetched records -> immutable `Parsed` (product, model text, content hash) or
+`Rejected` (a dead-letter reason); then, for cache misses only, `Tokenize` -> `Valid` (with the
+real tokens the model will see). Every exception from decoding a record becomes a `Rejected`; no
+record can stop the loop."""
 
 from __future__ import annotations
 
@@ -20,12 +21,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Valid:
+class Parsed:
     source: ConsumedRecord
     received: float  # monotonic time the poll returned it (queue-wait metric)
     product: ProductEvent
     text: str
     chash: str
+
+
+@dataclass(frozen=True)
+class Valid(Parsed):
     encoded: Encoded  # tokenized once, here: the batcher's budget and the engine see the same tokens
 
     @property
@@ -40,7 +45,7 @@ class Rejected:
     invalid: Invalid
 
 
-Decoded = Valid | Rejected
+Decoded = Parsed | Rejected
 
 
 def where(r: ConsumedRecord) -> str:
@@ -52,33 +57,43 @@ class Tokenizer(Protocol):
 
 
 class DecodeRecords:
-    """Bytes -> product -> model text -> tokens. Tokenizes a poll's texts in one call."""
+    """Bytes -> product -> model text and content hash."""
 
-    def __init__(self, limits: LimitSettings, tokenizer: Tokenizer, metrics: Metrics) -> None:
-        self.limits, self.tokenizer, self.metrics = limits, tokenizer, metrics
+    def __init__(self, limits: LimitSettings, metrics: Metrics) -> None:
+        self.limits, self.metrics = limits, metrics
 
     def __call__(self, records: Sequence[ConsumedRecord], received: float) -> list[Decoded]:
-        with self.metrics.timed("decode"):
-            products = [decode_product(r.value, self.limits) for r in records]
-        texts = [model_text(p) for p in products if isinstance(p, ProductEvent)]
-        with self.metrics.timed("tokenize"):
-            encoded = self._encode(texts)
         out: list[Decoded] = []
-        it = iter(encoded)
-        for r, p in zip(records, products, strict=True):
-            if isinstance(p, Invalid):
-                out.append(Rejected(r, received, p))
-                continue
-            enc = next(it)
-            if isinstance(enc, Invalid):
-                out.append(Rejected(r, received, enc))
-            else:
-                out.append(Valid(r, received, p, enc.text, content_hash(enc.text), enc))
+        with self.metrics.timed("decode"):
+            for r in records:
+                p = decode_product(r.value, self.limits)
+                if isinstance(p, Invalid):
+                    out.append(Rejected(r, received, p))
+                else:
+                    text = model_text(p)
+                    out.append(Parsed(r, received, p, text, content_hash(text)))
         return out
 
-    def _encode(self, texts: list[str]) -> list[Encoded | Invalid]:
-        if not texts:
+
+class Tokenize:
+    """Parsed -> Valid with the engine's own tokens, one call for many texts."""
+
+    def __init__(self, tokenizer: Tokenizer, metrics: Metrics) -> None:
+        self.tokenizer, self.metrics = tokenizer, metrics
+
+    def __call__(self, items: Sequence[Parsed]) -> list[Valid | Rejected]:
+        if not items:
             return []
+        with self.metrics.timed("tokenize"):
+            encoded = self._encode([p.text for p in items])
+        return [
+            Rejected(p.source, p.received, e)
+            if isinstance(e, Invalid)
+            else Valid(p.source, p.received, p.product, p.text, p.chash, e)
+            for p, e in zip(items, encoded, strict=True)
+        ]
+
+    def _encode(self, texts: list[str]) -> list[Encoded | Invalid]:
         try:
             return list(self.tokenizer.encode(texts))
         except Exception:  # one text broke the tokenizer: find it, keep the others

@@ -1,8 +1,9 @@
-"""Step 2, tagging a batch: cache lookup, inference of the misses, cache fill.
+"""Step 2, tagging: cache lookup (`CacheLookup`, on the poll thread, so hits skip batching and
+tokenizing), then for a batch of misses inference and cache fill (`TagBatch`, on the batch thread).
 
-An inference failure is isolated by splitting the batch (bisection): only the item that makes the
-model fail is rejected (`inference_failed`), the rest is tagged. Pure logic over two Protocols
-(`Engine`, `Cache`): unit-tested with `worker.testing.FakeEngine`.
+Identical content is looked up and inferred once. An inference failure is isolated by splitting
+the batch (bisection): only the item that makes the model fail is rejected (`inference_failed`),
+the rest is tagged. Pure logic over two Protocols (`Engine`, `Cache`), tested with fakes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from worker.cache import Cache
 from worker.decode import Invalid, cache_key
 from worker.engine import Encoded, Outputs, Tag
 from worker.metrics import Metrics
-from worker.records import Rejected, Valid, where
+from worker.records import Parsed, Rejected, Valid, where
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Engine(Protocol):
 
 @dataclass(frozen=True)
 class Tagged:
-    record: Valid
+    record: Parsed
     tags: list[Tag]
     cached: bool
 
@@ -59,39 +60,65 @@ def tags_from_cache(raw: bytes) -> list[Tag] | None:
         return None
 
 
+def _unique(items: list[Parsed]) -> dict[str, int]:
+    """content hash -> index of its first item"""
+    first: dict[str, int] = {}
+    for i, r in enumerate(items):
+        first.setdefault(r.chash, i)
+    return first
+
+
+class CacheLookup:
+    """Split parsed records into cache hits (tagged, ready to publish) and misses (to infer)."""
+
+    def __init__(self, cache: Cache, key_prefix: str, model_version: str, metrics: Metrics) -> None:
+        self.cache, self.key_prefix, self.model_version, self.metrics = cache, key_prefix, model_version, metrics
+
+    def __call__(self, items: list[Parsed]) -> tuple[list[Tagged], list[Parsed]]:
+        if not items:
+            return [], []
+        first = _unique(items)
+        keys = [cache_key(self.key_prefix, self.model_version, h) for h in first]
+        with self.metrics.timed("cache_get"):
+            raw = self.cache.get_many(keys)
+        found = {h: tags_from_cache(v) for h, v in zip(first, raw, strict=True) if v is not None}
+        hits, misses = [], []
+        for r in items:
+            tags = found.get(r.chash)
+            if tags is None:
+                misses.append(r)
+            else:
+                hits.append(Tagged(r, tags, cached=True))
+        self.metrics.cache_hits.inc(len(hits))
+        self.metrics.cache_misses.inc(len(misses))
+        return hits, misses
+
+
 class TagBatch:
+    """Infer a batch of cache misses (each distinct text once) and fill the cache."""
+
     def __init__(self, engine: Engine, cache: Cache, key_prefix: str, metrics: Metrics) -> None:
         self.engine, self.cache, self.key_prefix, self.metrics = engine, cache, key_prefix, metrics
         self.model_version = engine.model_version
 
     def __call__(self, batch: list[Valid]) -> list[Tagged | Rejected]:
-        m = self.metrics
-        # One lookup and one inference per distinct content: a burst of the same product (or the
-        # same text under several ids) is inferred once.
-        first: dict[str, int] = {}
-        for i, r in enumerate(batch):
-            first.setdefault(r.chash, i)
+        if not batch:
+            return []
+        first = _unique(list(batch))
         unique = [batch[i] for i in first.values()]
-        keys = [cache_key(self.key_prefix, self.model_version, r.chash) for r in unique]
-        with m.timed("cache_get"):
-            raw = self.cache.get_many(keys)
-        hits = [tags_from_cache(v) if v is not None else None for v in raw]
-        misses = [i for i, h in enumerate(hits) if h is None]
-        m.cache_hits.inc(len(unique) - len(misses))
-        m.cache_misses.inc(len(misses))
-        inferred = dict(zip(misses, self._infer([unique[i] for i in misses]), strict=True)) if misses else {}
-        fresh = {keys[i]: tags_to_cache(t) for i, t in inferred.items() if not isinstance(t, Invalid)}
+        inferred = dict(zip(first, self._infer(unique), strict=True))
+        fresh = {
+            cache_key(self.key_prefix, self.model_version, h): tags_to_cache(t)
+            for h, t in inferred.items()
+            if not isinstance(t, Invalid)
+        }
         if fresh:
-            with m.timed("cache_set"):
+            with self.metrics.timed("cache_set"):
                 self.cache.set_many(fresh)
-        by_hash = {r.chash: j for j, r in enumerate(unique)}
         out: list[Tagged | Rejected] = []
         for r in batch:
-            j = by_hash[r.chash]
-            hit = hits[j]
-            if hit is not None:
-                out.append(Tagged(r, hit, cached=True))
-            elif isinstance(result := inferred[j], Invalid):
+            result = inferred[r.chash]
+            if isinstance(result, Invalid):
                 out.append(Rejected(r.source, r.received, result))
             else:
                 out.append(Tagged(r, result, cached=False))
