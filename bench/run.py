@@ -70,7 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     smoke = args.smoke
     args.events = args.events or (128 if smoke else 3000)
     args.naive_events = args.naive_events or (8 if smoke else 300)
-    args.replay_events = args.replay_events or (args.events if smoke else max(args.events, 20_000))
+    # hits go out one poll at a time (no batching): several polls are needed to measure a rate
+    args.replay_events = args.replay_events or (4 * args.events if smoke else max(args.events, 20_000))
     args.half_seconds = args.half_seconds or (2.0 if smoke else 18.0)
     return args
 
