@@ -37,10 +37,6 @@ class Abort:
     def set(self) -> None:
         self.event.set()
 
-    def clear(self) -> None:
-        self.event.clear()
-        self.deadline = math.inf
-
     def expired(self) -> bool:
         return self.event.is_set() or self.clock.now() >= self.deadline
 
