@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from threading import Event
@@ -253,12 +253,11 @@ class Loop:
     def _poll(self) -> None:
         assert self.consumer is not None
         timeout_s = self.kafka.poll_timeout_ms / 1000
-        if len(self.in_flight) >= self.batching.max_in_flight:
-            # No room for another batch: sleep until one finishes (or the poll timeout), instead of
-            # spinning on poll(0) against ONNX Runtime's threads; then poll for heartbeats.
-            wait(list(self.in_flight.values()), timeout=timeout_s, return_when=FIRST_COMPLETED)
-            timeout_s = 0.0
-        elif (left := self.batcher.time_left()) is not None:
+        # With no room for another batch the poll waits its full timeout (partitions paused, or
+        # room bounded) instead of spinning against ONNX Runtime's threads. Never poll(0) then:
+        # kafka-python completes a group rejoin only inside poll's time, and a member that cannot
+        # rejoin stalls the whole group's rebalance.
+        if len(self.in_flight) < self.batching.max_in_flight and (left := self.batcher.time_left()) is not None:
             timeout_s = min(timeout_s, left)
         room = max(1, self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher) - len(self.ready))
         try:
