@@ -18,7 +18,7 @@ from schemas.training import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
 MAX_PRODUCT_ID_CHARS = 256
 
 DeadLetterReason = Literal[
-    "too_large", "not_utf8", "not_json", "not_object", "schema", "empty_title", "oversized_field"
+    "too_large", "not_utf8", "not_json", "not_object", "schema", "empty_title", "oversized_field", "inference_failed"
 ]
 
 

@@ -12,16 +12,21 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 from exporter.data import bucket_of
-from scripts.local_services import create_topics, env_without, free_port, local_stack
+from scripts.local_services import (
+    create_topics,
+    env_without,
+    free_port,
+    local_stack,
+    stop_process,
+    wait_worker_ready,
+)
 from scripts.model_cache import FLIPKART, REPO, ensure_model
 
 log = logging.getLogger("demo")
@@ -49,21 +54,6 @@ def sample_products(path: Path, n: int) -> list[dict[str, str]]:
             if len(out) == n:
                 break
     return out
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode} before becoming ready")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"worker not ready after {timeout_s:.0f}s")
 
 
 class Reader:
@@ -178,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   broker {broker.url}, redis {cache.url}; starting `tagger worker`")
         worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=REPO)
         try:
-            wait_ready(port, worker, timeout_s=120)
+            wait_worker_ready(port, worker, timeout_s=120)
             products = sample_products(args.data, args.products)
 
             print(f"== 3/4 streaming {len(products)} products and {len(MALFORMED)} malformed messages")
@@ -201,12 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 f" in {secs2:.1f}s = {len(replayed) / secs2:.0f} events/s"
             )
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                code = worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                code = worker.wait()
+            code = stop_process(worker, grace_s=60)
             started_redis = "" if cache.proc is None else " and Redis"
             print(f"   worker stopped (exit {code}); stopping the broker{started_redis}")
     return 0

@@ -10,12 +10,14 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,15 +32,56 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10, sig: int = signal.SIGTERM) -> int:
+    """Signal, wait up to `grace_s`, then kill: the one way every tool here stops a child process."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait(timeout=10)
+
+
+def wait_until(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    interval_s: float = 0.05,
+) -> None:
+    """Poll `check` until true; fail early if `proc` exits, with TimeoutError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-        time.sleep(0.05)
-    return False
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with code {proc.returncode}")
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what}: not after {timeout_s:.0f} s")
+
+
+def http_ok(port: int, path: str, timeout_s: float = 1) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as resp:
+        return bool(resp.status == 200)
+
+
+def wait_worker_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    """Until the worker's /readyz answers 200 (urlopen raises on 503: retried as OSError)."""
+    wait_until(lambda: http_ok(port, "/readyz"), timeout_s, f"worker on port {port} ready", proc, interval_s=0.1)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    def connects() -> bool:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+
+    try:
+        wait_until(connects, timeout_s, f"port {port}", proc)
+    except (RuntimeError, TimeoutError):
+        return False
+    return True
 
 
 def tansu_binary() -> Path:
@@ -63,14 +106,8 @@ class Service:
     log_path: Path | None = None
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 def start_tansu(attempts: int = 5, log_dir: Path | None = None, port: int | None = None) -> Service:
@@ -94,8 +131,7 @@ def start_tansu(attempts: int = 5, log_dir: Path | None = None, port: int | None
         if _wait_for_port(port, proc, timeout_s=10):
             log.info("tansu broker on 127.0.0.1:%d (log %s)", port, log_path)
             return Service(f"127.0.0.1:{port}", proc, log_path)
-        proc.kill()
-        proc.wait(timeout=10)
+        stop_process(proc, grace_s=0, sig=signal.SIGKILL)
         last_error = log_path.read_text(errors="replace")[-500:]
     raise RuntimeError(f"could not start tansu after {attempts} attempts: {last_error}")
 
@@ -144,14 +180,13 @@ def ensure_redis(url: str = DEFAULT_REDIS_URL) -> Service:
         start_new_session=True,
     )
     started = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and proc.poll() is None:
-        if redis_answers(started):
-            log.info("started redis-server on 127.0.0.1:%d", port)
-            return Service(started, proc, log_path)
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"redis-server did not start: see {log_path}")
+    try:
+        wait_until(lambda: redis_answers(started), 10, "redis-server", proc)
+    except (RuntimeError, TimeoutError):
+        stop_process(proc, grace_s=0, sig=signal.SIGKILL)
+        raise RuntimeError(f"redis-server did not start: see {log_path}") from None
+    log.info("started redis-server on 127.0.0.1:%d", port)
+    return Service(started, proc, log_path)
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 30) -> None:

@@ -62,3 +62,37 @@ def test_leftover_deadline_follows_its_own_arrival() -> None:
     assert b.take() == [1, 2]
     assert b.time_left() == 1.0  # 3 arrived at t+0.5; its deadline is t+1.5
     assert b.take_all() == [3]
+
+
+def test_budget_counts_padded_tokens_longest_times_items() -> None:
+    # Three texts of 10, 10 and 40 tokens: 60 real tokens, but one call pads all three to 40 (120).
+    b: Batcher[str] = Batcher(max_items=10, max_tokens=100, max_wait_s=1.0, now=FakeClock())
+    b.add("a", 10)
+    b.add("b", 10)
+    assert not b.due()  # 2 x 10 = 20
+    b.add("long", 40)
+    assert b.due()  # 3 x 40 = 120 > 100: the long one starts the next batch
+    assert b.take() == ["a", "b"]
+    assert b.take() == ["long"]
+
+
+def test_drop_removes_queued_items() -> None:
+    b: Batcher[int] = Batcher(max_items=10, max_tokens=1000, max_wait_s=1.0, now=FakeClock())
+    for i in range(5):
+        b.add(i, 1)
+    assert b.drop(lambda i: i % 2 == 1) == 2
+    assert b.take_all() == [0, 2, 4]
+
+
+def test_adaptive_sends_at_once_when_idle_and_waits_when_busy() -> None:
+    clock = FakeClock()
+    b: Batcher[int] = Batcher(max_items=3, max_tokens=1000, max_wait_s=0.05, now=clock)
+    b.add(1, 5)
+    assert b.due(idle=True), "an idle batch thread should not wait for company"
+    assert not b.due(idle=False)
+    b.add(2, 5)
+    clock.t += 0.05
+    assert b.due(idle=False)  # busy: the oldest item's max wait still bounds latency
+    for i in range(3, 8):
+        b.add(i, 5)
+    assert b.take() == [1, 2, 3]  # still bounded by the limits

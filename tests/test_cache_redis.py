@@ -44,3 +44,18 @@ def test_outage_degrades_then_recovers(redis_url: str, unique: str) -> None:
     assert not cache.degraded
     assert cache.get_many([key]) == [b"v"]
     assert metrics.cache_degraded._value.get() == 0
+
+
+def test_degraded_clears_when_redis_is_back_without_any_traffic(redis_url: str) -> None:
+    # A quiet topic makes no get/set calls: the loop's health tick probes instead.
+    metrics, clock = Metrics(), Clock()
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2)
+    cache = RedisCache(dead, ttl_s=60, metrics=metrics, retry_interval_s=5.0, now=clock)
+    cache.get_many(["k"])
+    assert cache.degraded
+    cache.client = redis.Redis.from_url(redis_url)
+    cache.probe()
+    assert cache.degraded, "not probed again before the retry interval"
+    clock.t += 5.0
+    cache.probe()
+    assert not cache.degraded and metrics.cache_degraded._value.get() == 0

@@ -61,3 +61,16 @@ def test_identity_is_deterministic_and_versioned() -> None:
     assert cache_key("t:", "v1", h).startswith("t:v1:")
     assert event_id("p1", h, "v1") == event_id("p1", h, "v1")
     assert len({event_id("p1", h, "v1"), event_id("p2", h, "v1"), event_id("p1", h, "v2")}) == 3
+
+
+def test_a_number_over_4300_digits_is_a_dead_letter_not_a_crash() -> None:
+    # Python's int parser refuses more than 4,300 digits with a plain ValueError (not a
+    # JSONDecodeError); one such record used to crash the worker on every restart.
+    raw = b'{"product_id": "p1", "title": "t", "price": ' + b"9" * 5000 + b"}"
+    result = decode_product(raw, LimitSettings())
+    assert isinstance(result, Invalid) and result.reason == "not_json", result
+
+
+def test_a_lone_surrogate_escape_is_a_dead_letter() -> None:
+    # Valid UTF-8 bytes, but "\ud800" decodes to a string that cannot be encoded (hashed) again.
+    assert reason(b'{"product_id": "p1", "title": "bad \\ud800 title"}') == "not_json"

@@ -46,3 +46,14 @@ def test_every_field_is_documented() -> None:
     fields = iter_fields()
     assert len(fields) > 30
     assert all(desc for _, _, _, desc in fields)
+
+
+def test_int8_defaults_to_on_for_cpu_when_the_artifact_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = load_settings().model
+    assert model.serve_int8(artifact_has_int8=True) is True
+    assert model.serve_int8(artifact_has_int8=False) is False
+    monkeypatch.setenv("TAGGER_MODEL__PROVIDER", "cuda")
+    assert load_settings().model.serve_int8(artifact_has_int8=True) is False
+    monkeypatch.setenv("TAGGER_MODEL__INT8", "false")
+    monkeypatch.setenv("TAGGER_MODEL__PROVIDER", "cpu")
+    assert load_settings().model.serve_int8(artifact_has_int8=True) is False

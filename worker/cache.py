@@ -24,9 +24,16 @@ class Cache(Protocol):
     @property
     def degraded(self) -> bool: ...
 
+    def probe(self) -> None:
+        """While degraded and due for a retry, check the backend so `degraded` clears on recovery
+        even when no product arrives (a quiet topic must not report an outage that is over)."""
+
 
 class NoCache:
     degraded = False
+
+    def probe(self) -> None:
+        pass
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [None] * len(keys)
@@ -83,6 +90,16 @@ class RedisCache:
             log.info("redis is back; cache enabled")
             self._retry_at = None
             self.metrics.cache_degraded.set(0)
+
+    def probe(self) -> None:
+        if self._retry_at is None or not self._available():
+            return
+        try:
+            self.client.ping()
+        except (redis.RedisError, OSError) as exc:
+            self._failed("PING", exc)
+            return
+        self._recovered()
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys or not self._available():

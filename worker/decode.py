@@ -4,10 +4,10 @@ hashes, cache keys and deterministic event ids. No I/O."""
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 
+import orjson
 from pydantic import ValidationError
 
 from schemas.events import DeadLetterReason, ProductEvent
@@ -24,19 +24,29 @@ class Invalid:
 
 
 def decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
-    """Every failure is a reason, never an exception."""
+    """Every failure is a reason, never an exception (anything unforeseen is a `schema` reason)."""
+    try:
+        return _decode_product(raw, limits)
+    except Exception as exc:  # a record must never crash the loop: bad input is data
+        return Invalid("schema", f"undecodable: {type(exc).__name__}: {str(exc)[:500]}")
+
+
+def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
     if raw is None:
         return Invalid("not_json", "record has no value (tombstone)")
     if len(raw) > limits.max_message_bytes:
         return Invalid("too_large", f"{len(raw)} bytes > max_message_bytes {limits.max_message_bytes}")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Invalid("not_utf8", f"invalid UTF-8 at byte {exc.start}")
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return Invalid("not_json", f"malformed JSON: {getattr(exc, 'msg', exc)}")
+        # orjson validates UTF-8 itself, refuses lone surrogates (which would fail later, when the
+        # text is hashed) and numbers it cannot represent (stdlib json raised a plain ValueError
+        # past 4,300 digits), and bounds nesting depth.
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return Invalid("not_utf8", f"invalid UTF-8 at byte {bad.start}")
+        return Invalid("not_json", f"malformed JSON: {exc}")
     if not isinstance(obj, dict):
         return Invalid("not_object", f"expected a JSON object, got {type(obj).__name__}")
     try:
@@ -74,8 +84,3 @@ def cache_key(prefix: str, model_version: str, chash: str) -> str:
 def event_id(product_id: str, chash: str, model_version: str) -> str:
     """Same product, content and model -> same id, so replays after a crash are recognisable."""
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{product_id}\x00{chash}\x00{model_version}"))
-
-
-def estimate_tokens(text: str, max_seq_len: int) -> int:
-    """Cheap upper-ish estimate used to close batches before tokenizing (~4 chars per token)."""
-    return min(max_seq_len, 2 + len(text) // 4 + 1)

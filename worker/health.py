@@ -1,4 +1,6 @@
-"""HTTP probes and metrics: GET /livez, /readyz, /metrics (a daemon thread, stdlib server)."""
+"""Health state and the HTTP probes: GET /livez, /readyz, /metrics (a daemon thread, stdlib server).
+
+The poll loop updates `Health` and the `tagger_ready` gauge on every tick; the probes only read."""
 
 from __future__ import annotations
 
@@ -7,15 +9,37 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from worker.cache import Cache
 from worker.metrics import Metrics
-from worker.pipeline import Health
 
 log = logging.getLogger(__name__)
 STALL_S = 120.0  # the poll loop ticks every few ms; two minutes without a tick means it is stuck
+
+
+@dataclass
+class Health:
+    """Shared state read by the HTTP probes; written by the loop (and publishing)."""
+
+    kafka_ok: bool = False
+    publish_ok: bool = True
+    stopping: bool = False
+    cache: Cache | None = None
+    last_tick: float = field(default_factory=time.monotonic)
+
+    @property
+    def ready(self) -> bool:
+        return self.kafka_ok and self.publish_ok and not self.stopping
+
+    def published(self) -> None:
+        self.publish_ok = True
+
+    def publish_failed(self) -> None:
+        self.publish_ok = False
 
 
 def serve(
@@ -34,6 +58,7 @@ def serve(
             cache = health.cache
             status = {
                 "kafka_ok": health.kafka_ok,
+                "publish_ok": health.publish_ok,
                 "stopping": health.stopping,
                 "cache": "off" if cache is None else ("degraded" if cache.degraded else "ok"),
                 "loop_age_s": round(now() - health.last_tick, 3),
@@ -42,10 +67,8 @@ def serve(
                 alive = now() - health.last_tick < STALL_S
                 self._send(200 if alive else 503, json.dumps(status | {"alive": alive}).encode())
             elif path == "/readyz":
-                metrics.ready.set(1 if health.ready else 0)
                 self._send(200 if health.ready else 503, json.dumps(status | {"ready": health.ready}).encode())
             elif path == "/metrics":
-                metrics.ready.set(1 if health.ready else 0)
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             else:
                 self._send(404, b'{"error": "not found"}')

@@ -1,37 +1,32 @@
-"""Kafka adapters: consumer and publisher built from settings (kafka-python). No I/O at import
-or in constructors of our classes; connecting is an explicit, retried step."""
+"""The default transport: kafka-python behind `worker.transport`'s Protocols. No I/O at import or
+in our constructors; `connect_consumer` is the explicit, retried step that connects."""
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from typing import Any, Protocol
+import time
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTP
+from kafka.errors import CommitFailedError, IllegalGenerationError, KafkaError, RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata
 
 from worker.settings import KafkaSettings
+from worker.transport import (
+    CommitRejected,
+    ConsumedRecord,
+    Delivery,
+    RebalanceListener,
+    TopicPartition,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
-
-
-class SendFuture(Protocol):
-    is_done: bool
-    exception: BaseException | None
-
-    def succeeded(self) -> bool: ...
-
-
-class Publisher(Protocol):
-    """Send records; `flush` waits for acknowledgements; `reset` replaces a broken client."""
-
-    def send(self, topic: str, key: bytes | None, value: bytes) -> SendFuture: ...
-
-    def flush(self, timeout_s: float) -> None: ...
-
-    def reset(self) -> None: ...
-
-    def close(self, timeout_s: float) -> None: ...
+_REJECTED = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError)
 
 
 def client_config(s: KafkaSettings) -> dict[str, Any]:
@@ -51,20 +46,132 @@ def client_config(s: KafkaSettings) -> dict[str, Any]:
     return cfg
 
 
-def make_consumer(s: KafkaSettings) -> KafkaConsumer:
-    """Connects (raises NoBrokersAvailable / KafkaTimeoutError when the cluster is unreachable)."""
-    return KafkaConsumer(
-        **client_config(s),
-        group_id=s.group_id,
-        enable_auto_commit=False,  # offsets are committed only after the tag events are acknowledged
-        auto_offset_reset="earliest",
-        max_poll_records=s.max_poll_records,
-        max_poll_interval_ms=s.max_poll_interval_ms,
-        session_timeout_ms=s.session_timeout_ms,
-        heartbeat_interval_ms=s.heartbeat_interval_ms,
-        fetch_max_bytes=s.fetch_max_bytes,
-        fetch_max_wait_ms=s.fetch_max_wait_ms,
-    )
+def _ours(tp: Any) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
+
+
+def _theirs(tp: TopicPartition) -> KafkaTP:
+    return KafkaTP(tp.topic, tp.partition)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """kafka-python calls this on its IO thread: translate and hand over, nothing else."""
+
+    def __init__(self, target: RebalanceListener) -> None:
+        self.target = target
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            self.target.on_revoked({_ours(tp) for tp in revoked})
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.target.on_assigned({_ours(tp) for tp in assigned})
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        if lost:
+            self.target.on_lost({_ours(tp) for tp in lost})
+
+
+class KafkaPythonConsumer:
+    """`worker.transport.Consumer` over a kafka-python `KafkaConsumer`."""
+
+    def __init__(self, consumer: KafkaConsumer, s: KafkaSettings, now: Any = time.monotonic) -> None:
+        self._c, self.settings, self.now = consumer, s, now
+        self._connected, self._checked_at = True, -1.0
+
+    def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
+        self._c.subscribe(list(topics), listener=_Listener(listener))
+
+    def poll(self, timeout_s: float, max_records: int) -> list[ConsumedRecord]:
+        try:
+            polled = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            raise TransportError(f"poll: {type(exc).__name__}: {exc}") from exc
+        return [
+            ConsumedRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+            for msgs in polled.values()
+            for m in msgs
+        ]
+
+    def assignment(self) -> set[TopicPartition]:
+        return {_ours(tp) for tp in self._c.assignment()}
+
+    def pause(self, partitions: Collection[TopicPartition]) -> None:
+        self._c.pause(*(_theirs(tp) for tp in partitions))
+
+    def resume(self, partitions: Collection[TopicPartition]) -> None:
+        self._c.resume(*(_theirs(tp) for tp in partitions))
+
+    def paused(self) -> set[TopicPartition]:
+        return {_ours(tp) for tp in self._c.paused()}
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._c.seek(_theirs(partition), offset)
+
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        try:
+            self._c.commit(
+                {_theirs(tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
+                timeout_ms=int(timeout_s * 1000),
+            )
+        except _REJECTED as exc:
+            raise CommitRejected(f"{type(exc).__name__}: {exc}") from exc
+        except KafkaError as exc:
+            raise TransportError(f"commit: {type(exc).__name__}: {exc}") from exc
+
+    def committed(self, partitions: Collection[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]:
+        out: dict[TopicPartition, int | None] = {}
+        try:
+            for tp in partitions:
+                # Always bounded: committed() without a timeout can block forever.
+                out[tp] = self._c.committed(_theirs(tp), timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            raise TransportError(f"committed: {type(exc).__name__}: {exc}") from exc
+        return out
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        try:
+            hw = self._c.highwater(_theirs(partition))
+        except KafkaError:  # IllegalStateError: not assigned (any more)
+            return None
+        return hw if isinstance(hw, int) else None
+
+    def connected(self) -> bool:
+        # kafka-python's poll does not raise while every broker is unreachable; the coordinator's
+        # heartbeat age does tell. metrics() builds a dict of everything: look at most once a second.
+        if self.now() - self._checked_at >= 1.0:
+            self._checked_at = self.now()
+            stats = (self._c.metrics() or {}).get("consumer-coordinator-metrics", {})
+            ago = stats.get("last-heartbeat-seconds-ago")
+            # inf until the first heartbeat (still joining the group after a successful connect)
+            self._connected = ago is None or math.isinf(ago) or ago < self.settings.session_timeout_ms / 1000
+        return self._connected
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            self._c.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            raise TransportError(f"close: {exc}") from exc
+
+
+def connect_consumer(s: KafkaSettings) -> KafkaPythonConsumer:
+    """Connects; raises TransportError when the cluster is unreachable (NoBrokersAvailable, timeout)."""
+    try:
+        consumer = KafkaConsumer(
+            **client_config(s),
+            group_id=s.group_id,
+            enable_auto_commit=False,  # offsets are committed only after the tag events are acknowledged
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_poll_records,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            fetch_max_bytes=s.fetch_max_bytes,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+        )
+    except KafkaError as exc:
+        raise TransportError(f"connect: {type(exc).__name__}: {exc}") from exc
+    return KafkaPythonConsumer(consumer, s)
 
 
 class KafkaPublisher:
@@ -89,13 +196,24 @@ class KafkaPublisher:
             return self._producer
 
     def connect(self) -> None:
-        self._client()
+        try:
+            self._client()
+        except KafkaError as exc:
+            raise TransportError(f"producer: {type(exc).__name__}: {exc}") from exc
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> SendFuture:
-        return self._client().send(topic, key=key, value=value)  # type: ignore[no-any-return]
+    def send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
+        try:
+            delivery: Delivery = self._client().send(topic, key=key, value=value)
+            return delivery
+        except KafkaError as exc:
+            raise TransportError(f"send: {type(exc).__name__}: {exc}") from exc
 
-    def flush(self, timeout_s: float) -> None:
-        self._client().flush(timeout=timeout_s)
+    def flush(self, timeout_s: float) -> bool:
+        try:
+            self._client().flush(timeout=timeout_s)
+        except KafkaError:  # KafkaTimeoutError: not all acknowledged yet
+            return False
+        return True
 
     def reset(self) -> None:
         with self._lock:
@@ -108,6 +226,9 @@ class KafkaPublisher:
 
     def close(self, timeout_s: float) -> None:
         with self._lock:
-            if self._producer is not None:
-                self._producer.close(timeout=timeout_s)
-                self._producer = None
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=timeout_s)
+            except KafkaError as exc:
+                raise TransportError(f"producer close: {exc}") from exc

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from worker.artifact import ArtifactError
+from worker.artifact import ArtifactError, load_manifest
 from worker.engine import EngineError, TagEngine
 from worker.settings import SettingsError, WorkerSettings, load_settings
 
@@ -25,11 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_engine(s: WorkerSettings) -> TagEngine:
+    has_int8 = "model.int8.onnx" in load_manifest(s.model.path, verify=False).files
     return TagEngine(
         s.model.path,
         provider=s.model.provider,
         allow_cpu_fallback=s.model.allow_cpu_fallback,
-        int8=s.model.int8,
+        int8=s.model.serve_int8(has_int8),
         intra_op_threads=s.model.intra_op_threads,
         verify=s.model.verify_hashes,
         max_items=s.batching.max_items,
@@ -57,14 +58,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from worker.cache import Cache, NoCache, RedisCache
-    from worker.health import serve
-    from worker.kafka_io import KafkaPublisher, make_consumer
+    from worker.clock import Abort, RealClock
+    from worker.health import Health, serve
+    from worker.kafka_io import KafkaPublisher, connect_consumer
+    from worker.loop import Loop, RunBatch
     from worker.metrics import Metrics
-    from worker.pipeline import BatchProcessor, Health, Worker
+    from worker.outputs import BuildMessages
+    from worker.publish import Publish
+    from worker.records import DecodeRecords, Tokenize
+    from worker.tagging import CacheLookup, TagBatch
 
+    clock = RealClock()
     metrics = Metrics()
     health = Health()
-    stop, abort = threading.Event(), threading.Event()
+    stop, abort = threading.Event(), Abort(clock)
     cache: Cache = NoCache()
     if settings.redis.enabled:
         r = settings.redis
@@ -86,10 +93,31 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    publisher = KafkaPublisher(settings.kafka)
-    processor = BatchProcessor(settings, engine, cache, publisher, metrics, health, abort)
-    worker = Worker(settings, lambda: make_consumer(settings.kafka), processor, metrics, health, stop)
-    code = worker.run()
+    k = settings.kafka
+    publisher = KafkaPublisher(k)
+    run_batch = RunBatch(
+        TagBatch(engine, cache, settings.redis.key_prefix, metrics),
+        BuildMessages(k, engine.model_version),
+        Publish(publisher, k, metrics, health, abort, clock),
+        metrics,
+    )
+    loop = Loop(
+        lambda: connect_consumer(k),
+        k,
+        settings.batching,
+        settings.shutdown,
+        DecodeRecords(settings.limits, metrics),
+        CacheLookup(cache, settings.redis.key_prefix, engine.model_version, metrics),
+        Tokenize(engine, metrics),
+        run_batch,
+        publisher,
+        metrics,
+        health,
+        stop,
+        abort,
+        clock,
+    )
+    code = loop.run()
     if server is not None:
         server.shutdown()
     return code

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
-STAGES = ("poll", "decode", "cache_get", "tokenize", "inference", "cache_set", "produce", "commit")
+STAGES = ("poll", "decode", "tokenize", "cache_get", "inference", "cache_set", "serialize", "produce", "commit")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, now: Callable[[], float] = time.monotonic) -> None:
         self.registry = r = registry or CollectorRegistry()
+        self.now = now
         # products per micro-batch (valid and dead-lettered)
         self.batch_size = Histogram("tagger_batch_size", "Records per micro-batch.", buckets=SIZE_BUCKETS, registry=r)
-        # real tokens (not padding) inferred per micro-batch
+        # padded tokens (longest x items) of a micro-batch's cache misses: the unit of the token budget
         self.batch_tokens = Histogram(
-            "tagger_batch_tokens", "Tokens inferred per micro-batch.", buckets=TOKEN_BUCKETS, registry=r
+            "tagger_batch_tokens", "Padded tokens inferred per micro-batch.", buckets=TOKEN_BUCKETS, registry=r
         )
         # consumed -> batch processing starts (time spent waiting in the batcher and the in-flight queue)
         self.queue_wait = Histogram(
@@ -34,7 +39,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # wall time per pipeline stage (poll, decode, cache_get, tokenize, inference, cache_set, produce, commit)
+        # wall time per pipeline stage (STAGES), observed with `timed(stage)`
         self.stage = Histogram(
             "tagger_stage_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS, registry=r
         )
@@ -46,8 +51,19 @@ class Metrics:
         self.dead_letters = Counter("tagger_dead_letters", "Records dead-lettered, by reason.", ["reason"], registry=r)
         self.produce_retries = Counter("tagger_produce_retries", "Tag event batches re-sent.", registry=r)
         self.commit_errors = Counter("tagger_commit_errors", "Offset commits that failed.", registry=r)
-        self.lag = Gauge("tagger_consumer_lag", "Highwater minus position, per partition.", ["partition"], registry=r)
+        self.lag = Gauge(
+            "tagger_consumer_lag", "Highwater minus committed offset, per partition.", ["partition"], registry=r
+        )
         self.in_flight = Gauge("tagger_in_flight_batches", "Micro-batches being tagged or published.", registry=r)
         self.paused = Gauge("tagger_paused_partitions", "Partitions paused by backpressure.", registry=r)
         self.ready = Gauge("tagger_ready", "1 when consuming normally.", registry=r)
         self.cache_degraded = Gauge("tagger_cache_degraded", "1 while Redis is unreachable.", registry=r)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Observe the block's wall time as `tagger_stage_seconds{stage=...}` (also when it raises)."""
+        started = self.now()
+        try:
+            yield
+        finally:
+            self.stage.labels(stage).observe(self.now() - started)

@@ -87,9 +87,19 @@ class ModelSettings(_Section):
     allow_cpu_fallback: bool = Field(
         False, description="When provider=cuda is unavailable, run on CPU instead of failing at start."
     )
-    int8: bool = Field(False, description="Serve the int8 model (model.int8.onnx) instead of fp32.")
+    int8: bool | None = Field(
+        None,
+        description="Serve model.int8.onnx (true) or model.onnx (false); unset: int8 on CPU when the artifact has it.",
+    )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core).")
     verify_hashes: bool = Field(True, description="Check every artifact file's sha256 against the manifest.")
+
+
+    def serve_int8(self, artifact_has_int8: bool) -> bool:
+        """int8 is ~2x faster on CPU at equal accuracy (README); on a GPU fp32/fp16 is the better fit."""
+        if self.int8 is not None:
+            return self.int8
+        return self.provider == "cpu" and artifact_has_int8
 
 
 class BatchingSettings(_Section):
@@ -97,6 +107,9 @@ class BatchingSettings(_Section):
     max_tokens: int = Field(8_192, ge=16, description="Token budget of one inference call (padded batch x sequence).")
     max_wait_ms: float = Field(20.0, ge=0, description="Close a micro-batch this long after its first item.")
     max_in_flight: int = Field(2, ge=1, le=8, description="Batches being tagged/published at once.")
+    adaptive: bool = Field(
+        True, description="Send queued items at once when no batch is running (max_wait_ms applies only when busy)."
+    )
 
 
 class LimitSettings(_Section):

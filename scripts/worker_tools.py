@@ -1,0 +1,81 @@
+"""A local `tagger worker` process and the topics around it: used by the end-to-end tests, the
+benchmarks and the demo (so none of them imports another's code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_GROUP = {"TAGGER_KAFKA__SESSION_TIMEOUT_MS": "6000", "TAGGER_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None] | None = None) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=262_144)
+    try:
+        for i, v in enumerate(values):
+            producer.send(topic, key=keys[i] if keys else None, value=v)
+        producer.flush(timeout=60)
+    finally:
+        producer.close(timeout=10)
+
+
+def read_all(bootstrap: str, topic: str, until: Callable[[list[Any]], bool], timeout_s: float = 120) -> list[Any]:
+    """Read `topic` from the beginning (no group) until `until(messages)` or the timeout."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=1000,
+    )
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not until(out):
+            for batch in consumer.poll(timeout_ms=500).values():
+                out.extend(batch)
+    finally:
+        consumer.close()
+    return out
+
+
+def worker_env(bootstrap: str, redis_url: str, model: Path, suffix: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGER_")}
+    env.update(FAST_GROUP)
+    env.update(
+        {
+            "TAGGER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "TAGGER_KAFKA__INPUT_TOPIC": f"in-{suffix}",
+            "TAGGER_KAFKA__OUTPUT_TOPIC": f"out-{suffix}",
+            "TAGGER_KAFKA__DLQ_TOPIC": f"dlq-{suffix}",
+            "TAGGER_KAFKA__GROUP_ID": f"g-{suffix}",
+            "TAGGER_REDIS__URL": redis_url,
+            "TAGGER_REDIS__KEY_PREFIX": f"t-{suffix}:",
+            "TAGGER_MODEL__PATH": str(model),
+            "TAGGER_HTTP__PORT": "0",
+            "TAGGER_LOG__JSON_FORMAT": "true",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def values(messages: list[Any]) -> list[dict[str, Any]]:
+    return [json.loads(m.value) for m in messages]

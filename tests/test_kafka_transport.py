@@ -1,0 +1,213 @@
+"""The kafka-python transport (`worker.kafka_io`) against a real broker (Tansu): the Protocol's
+semantics, and the kafka-python behaviour `worker.testing.FakeConsumer` reproduces."""
+
+from __future__ import annotations
+
+import time
+
+from scripts.local_services import create_topics
+from tests.kafka_helpers import produce
+from worker.kafka_io import KafkaPublisher, KafkaPythonConsumer, connect_consumer
+from worker.rebalance import RebalanceEvents
+from worker.settings import KafkaSettings
+from worker.transport import ConsumedRecord, TopicPartition
+
+
+def _poll_until(consumer: KafkaPythonConsumer, n: int, timeout_s: float = 30) -> list[ConsumedRecord]:
+    out: list[ConsumedRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        out.extend(consumer.poll(0.2, 500))
+    return out
+
+
+def test_transport_against_tansu(broker: str, unique: str) -> None:
+    topic, other = f"in-{unique}", f"in2-{unique}"
+    create_topics(broker, {topic: 1, other: 1})
+    produce(broker, topic, [b"v%d" % i for i in range(6)])
+    # a long session: on a loaded machine a 6 s session can expire mid-test (then the partitions are
+    # lost, not revoked, and nothing of them is kept)
+    s = KafkaSettings(
+        bootstrap_servers=broker, group_id=f"g-{unique}", session_timeout_ms=20_000, heartbeat_interval_ms=1000
+    )
+    tp = TopicPartition(topic, 0)
+    events = RebalanceEvents()
+    c = connect_consumer(s)
+    try:
+        c.subscribe([topic], events)
+        got = _poll_until(c, 6)
+        assert [r.value for r in got] == [b"v%d" % i for i in range(6)]
+        assert got[0].tp == tp and got[0].timestamp_ms
+        assert ("assigned", frozenset({tp})) in events.drain()
+        assert c.highwater(tp) == 6 and c.connected()
+
+        c.commit({tp: 4}, 5)
+        assert c.committed([tp], 5) == {tp: 4}
+
+        # What FakeConsumer models: a partition kept across a rebalance keeps its paused flag and
+        # its position in kafka-python (here the member subscribes to one more topic).
+        c.pause({tp})
+        c.subscribe([topic, other], events)
+        deadline = time.monotonic() + 90
+        seen: list[str] = []
+        while time.monotonic() < deadline and "assigned" not in seen[1:]:
+            c.poll(0.2, 500)
+            seen += [kind for kind, _ in events.drain()]
+        assert seen[:2] == ["revoked", "assigned"], seen
+        assert tp in c.paused(), "kafka-python cleared the paused flag of a kept partition"
+
+        c.seek(tp, 4)
+        c.resume({tp})
+        again = _poll_until(c, 2)
+        assert [(r.offset, r.value) for r in again] == [(4, b"v4"), (5, b"v5")]
+    finally:
+        c.close(5)
+
+
+def test_publisher_flush_reports_acknowledgement(broker: str, unique: str) -> None:
+    topic = f"out-{unique}"
+    create_topics(broker, {topic: 1})
+    pub = KafkaPublisher(KafkaSettings(bootstrap_servers=broker))
+    try:
+        deliveries = [pub.send(topic, b"k", b"v%d" % i) for i in range(3)]
+        assert pub.flush(10)
+        assert all(d.is_done and d.succeeded() for d in deliveries)
+    finally:
+        pub.close(5)
+
+
+def test_connected_turns_false_when_the_broker_goes_away(unique: str) -> None:
+    # kafka-python's poll returns [] without raising while every broker is down: readiness must
+    # come from somewhere else (the group heartbeat's age).
+    from scripts.local_services import start_tansu
+
+    svc = start_tansu()
+    s = KafkaSettings(
+        bootstrap_servers=svc.url, group_id=f"g-{unique}", session_timeout_ms=2000, heartbeat_interval_ms=300
+    )
+    try:
+        create_topics(svc.url, {f"q-{unique}": 1})
+        c = connect_consumer(s)
+        c.subscribe([f"q-{unique}"], RebalanceEvents())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not c.assignment():
+            c.poll(0.2, 10)
+        assert c.assignment() and c.connected()
+        svc.stop()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and c.connected():
+            assert c.poll(0.2, 10) == []
+        assert not c.connected()
+        c.close(1)
+    finally:
+        svc.stop()
+
+
+def test_rebalance_while_paused_with_a_stuck_batch_loses_nothing(broker: str, unique: str) -> None:
+    """The real client and broker under the real loop: partitions paused behind a stuck batch, a
+    second member joins; afterwards the partition this member keeps is not paused and every one
+    of its records is tagged and committed (kafka-python keeps the paused flag and the position)."""
+    import threading
+
+    from kafka import KafkaProducer
+
+    from worker.clock import Abort, RealClock
+    from worker.health import Health
+    from worker.loop import Loop, RunBatch
+    from worker.metrics import Metrics
+    from worker.outputs import BuildMessages
+    from worker.publish import Publish
+    from worker.records import DecodeRecords, Tokenize
+    from worker.settings import BatchingSettings, LimitSettings, ShutdownSettings
+    from worker.tagging import CacheLookup, TagBatch
+    from worker.testing import FakeCache, FakeClock, FakeEngine, FakePublisher
+
+    topic = f"in-{unique}"
+    create_topics(broker, {topic: 2})
+    producer = KafkaProducer(bootstrap_servers=broker)
+    for i in range(20):
+        value = b'{"product_id": "p-%d", "title": "product number %d"}' % (i, i)
+        producer.send(topic, value=value, partition=i % 2)
+    producer.flush(30)
+    producer.close(5)
+    k = KafkaSettings(
+        bootstrap_servers=broker,
+        input_topic=topic,
+        group_id=f"g-{unique}",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        commit_interval_ms=0,
+    )
+    clock, gate = RealClock(), threading.Event()
+    engine, cache, metrics, health, stop = FakeEngine(), FakeCache(), Metrics(), Health(), threading.Event()
+    publisher = FakePublisher(FakeClock())
+    publisher.stall = lambda value: not gate.is_set()
+    publisher.on_stall = lambda: gate.wait(0.05)
+    abort = Abort(clock)
+    consumer = connect_consumer(k)
+    loop = Loop(
+        lambda: consumer,
+        k,
+        BatchingSettings(max_items=2, max_wait_ms=0, max_in_flight=1),
+        ShutdownSettings(drain_timeout_s=10),
+        DecodeRecords(LimitSettings(), metrics),
+        CacheLookup(cache, "t:", engine.model_version, metrics),
+        Tokenize(engine, metrics),
+        RunBatch(
+            TagBatch(engine, cache, "t:", metrics),
+            BuildMessages(k, engine.model_version),
+            Publish(publisher, k, metrics, health, abort, clock),
+            metrics,
+        ),
+        publisher,
+        metrics,
+        health,
+        stop,
+        abort,
+        clock,
+    )
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+    other = connect_consumer(k)
+    other_stop = threading.Event()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (consumer.paused() and consumer.paused() == consumer.assignment()):
+            time.sleep(0.1)
+        assert consumer.paused() and consumer.paused() == consumer.assignment(), "never paused behind the batch"
+
+        def second_member() -> None:
+            other.subscribe([topic], RebalanceEvents())
+            while not other_stop.is_set():
+                other.poll(0.2, 1)  # holds its partition; never commits
+
+        member = threading.Thread(target=second_member)
+        member.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(consumer.assignment()) != 1:
+            time.sleep(0.1)
+        kept = consumer.assignment()
+        assert len(kept) == 1, "the second member never got a partition"
+        gate.set()  # the stuck batch goes through now
+        (tp,) = kept
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and consumer.committed([tp], 5) != {tp: 10}:
+            time.sleep(0.2)
+        assert consumer.committed([tp], 5) == {tp: 10}
+        assert not consumer.paused(), "a kept partition stayed paused"
+        tagged = {json_id(v) for v in publisher.values(k.output_topic)}
+        assert {f"p-{i}" for i in range(tp.partition, 20, 2)} <= tagged, "a record was committed without a tag event"
+    finally:
+        gate.set()
+        stop.set()
+        runner.join(30)
+        other_stop.set()
+        if "member" in locals():
+            member.join(10)
+        other.close(5)
+
+
+def json_id(value: bytes) -> str:
+    import json
+
+    return str(json.loads(value)["product_id"])

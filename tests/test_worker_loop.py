@@ -1,0 +1,381 @@
+"""The poll loop and its steps, driven with the fakes in `worker.testing` (no broker, no sleeps)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from schemas.events import DeadLetter, TagEvent
+from worker.clock import Abort
+from worker.health import Health
+from worker.loop import Loop, RunBatch
+from worker.metrics import Metrics
+from worker.outputs import BuildMessages
+from worker.publish import Publish
+from worker.records import DecodeRecords, Tokenize
+from worker.settings import BatchingSettings, KafkaSettings, LimitSettings, ShutdownSettings
+from worker.tagging import CacheLookup, TagBatch
+from worker.testing import FakeCache, FakeClock, FakeConsumer, FakeEngine, FakePublisher, ManualExecutor
+
+KAFKA = KafkaSettings(input_topic="in", output_topic="out", dlq_topic="dlq", commit_interval_ms=0, poll_timeout_ms=1)
+
+
+@dataclass
+class Rig:
+    clock: FakeClock
+    consumer: FakeConsumer
+    publisher: FakePublisher
+    engine: FakeEngine
+    cache: FakeCache
+    metrics: Metrics
+    health: Health
+    stop: threading.Event
+    abort: Abort
+    loop: Loop
+    executor: Executor
+
+    def steps(self, n: int) -> None:
+        for _ in range(n):
+            self.loop.step()
+
+    def run_all(self, max_steps: int = 50) -> None:
+        """Step, running every submitted batch, until nothing is queued or in flight."""
+        ex = self.executor
+        assert isinstance(ex, ManualExecutor)
+        for _ in range(max_steps):
+            self.loop.step()
+            ex.run_all()
+            fetched = all(self.consumer.positions[tp] == len(self.consumer.logs[tp]) for tp in self.consumer.positions)
+            if fetched and not len(self.loop.batcher) and not self.loop.ready and not self.loop.in_flight:
+                self.loop.step()  # reap and commit the last one
+                return
+        raise AssertionError("loop did not settle")
+
+    def products(self, topic: str = "out") -> list[str]:
+        return [json.loads(v)["product_id"] for v in self.publisher.values(topic)]
+
+    def gauge(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels or None)
+
+
+def rig(
+    partitions: int = 1,
+    max_items: int = 2,
+    max_in_flight: int = 1,
+    drain_timeout_s: float = 20.0,
+    max_wait_ms: float = 0,
+    executor: Executor | None = None,
+) -> Rig:
+    clock = FakeClock()
+    consumer, publisher, engine, cache = FakeConsumer("in", partitions), FakePublisher(clock), FakeEngine(), FakeCache()
+    metrics, health, stop, abort = Metrics(now=clock.now), Health(cache=cache), threading.Event(), Abort(clock)
+    run_batch = RunBatch(
+        TagBatch(engine, cache, "t:", metrics),
+        BuildMessages(KAFKA, engine.model_version),
+        Publish(publisher, KAFKA, metrics, health, abort, clock),
+        metrics,
+        wall_clock=lambda: 1_750_000_000.0,
+    )
+    batching = BatchingSettings(max_items=max_items, max_wait_ms=max_wait_ms, max_in_flight=max_in_flight)
+    loop = Loop(
+        lambda: consumer,
+        KAFKA,
+        batching,
+        ShutdownSettings(drain_timeout_s=drain_timeout_s),
+        DecodeRecords(LimitSettings(), metrics),
+        CacheLookup(cache, "t:", engine.model_version, metrics),
+        Tokenize(engine, metrics),
+        run_batch,
+        publisher,
+        metrics,
+        health,
+        stop,
+        abort,
+        clock,
+        executor=executor or ManualExecutor(),
+    )
+    assert loop.start()
+    return Rig(clock, consumer, publisher, engine, cache, metrics, health, stop, abort, loop, loop.executor)
+
+
+def product(i: int | str, title: str | None = None) -> bytes:
+    return json.dumps({"product_id": f"p-{i}", "title": title or f"red cotton shirt {i}"}).encode()
+
+
+def test_out_of_order_completion_commits_in_consume_order() -> None:
+    r = rig(max_items=2, max_in_flight=2)
+    for i in range(4):
+        r.consumer.produce(product(i))
+    r.steps(2)  # poll 4 records, then submit two batches of 2
+    ex = r.executor
+    assert isinstance(ex, ManualExecutor) and len(ex.queue) == 2
+    ex.run(1)  # the second batch finishes first
+    r.steps(1)
+    assert r.consumer.commit_log == [], "committed past a batch still in flight"
+    ex.run(0)
+    r.steps(1)
+    assert r.consumer.commit_log == [{r.consumer.tp(): 4}]
+    assert sorted(r.products()) == [f"p-{i}" for i in range(4)]
+
+
+def test_nothing_is_committed_past_a_failed_batch() -> None:
+    r = rig(max_items=2, max_in_flight=2)
+    for i in range(4):
+        r.consumer.produce(product(i))
+    r.steps(2)
+    ex = r.executor
+    assert isinstance(ex, ManualExecutor)
+    ex.run(1)  # batch 2 succeeds
+    r.engine.broken = True
+    ex.run(0)  # batch 1: every item fails on its own -> a fault, not dead letters
+    r.steps(1)
+    assert r.loop.failed
+    ex.auto = True
+    r.loop.shutdown()
+    assert r.consumer.commit_log == []
+    assert r.publisher.values("dlq") == []
+
+
+def test_sigterm_with_a_hung_broker_returns_within_the_drain_budget() -> None:
+    budget = 20.0
+    r = rig(max_items=2, max_in_flight=1, drain_timeout_s=budget, executor=ThreadPoolExecutor(1))
+    for i in range(2):
+        r.consumer.produce(product(i))
+    for i in range(2):
+        r.consumer.produce(product(f"stall-{i}"))
+    r.publisher.stall = lambda value: b"stall" in value
+    stopped_at: list[float] = []
+
+    def sigterm_when_stalled() -> None:
+        if not stopped_at:
+            stopped_at.append(r.clock.now())
+            r.stop.set()
+            # let the loop begin its drain before this flush uses up fake time
+            for _ in range(1000):
+                if r.abort.deadline != math.inf:
+                    break
+                threading.Event().wait(0.01)
+
+    r.publisher.on_stall = sigterm_when_stalled
+    code: list[int] = []
+    t = threading.Thread(target=lambda: code.append(r.loop.run()))
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "shutdown did not return"
+    assert code == [0]
+    assert r.clock.now() - stopped_at[0] <= budget
+    tp = r.consumer.tp()
+    assert r.consumer.committed_offsets == {tp: 2}, "committed an unacknowledged batch"
+    assert all(off <= 2 for c in r.consumer.commit_log for off in c.values())
+    assert r.consumer.closed and r.publisher.closed
+
+
+def test_backpressure_pauses_then_resumes() -> None:
+    r = rig(max_items=1, max_in_flight=1)
+    for i in range(3):
+        r.consumer.produce(product(i))
+    r.steps(2)  # poll 2 (room for the next batches only); submit 1 -> slots full and a full batch waiting
+    tp = r.consumer.tp()
+    assert r.consumer.paused() == {tp}
+    assert r.gauge("tagger_paused_partitions") == 1
+    consumed = r.loop.totals["consumed"]
+    r.consumer.produce(product(3))
+    r.steps(1)
+    assert r.loop.totals["consumed"] == consumed, "a paused partition was fetched"
+    r.run_all()
+    assert r.consumer.paused() == set()
+    assert r.consumer.committed_offsets == {tp: 4}
+    assert sorted(r.products()) == [f"p-{i}" for i in range(4)]
+
+
+def test_rebalance_while_paused_and_a_batch_is_stuck_loses_nothing() -> None:
+    # The audit's failure: a rebalance while partitions are paused and a batch is stuck. The
+    # member keeps the partition; kafka-python keeps its paused flag and its fetch position.
+    r = rig(max_items=2, max_in_flight=1)
+    for i in range(6):
+        r.consumer.produce(product(i))
+    r.steps(2)  # batch (0, 1) in flight and stuck; 2..5 queued; partition paused
+    tp = r.consumer.tp()
+    assert r.consumer.paused() == {tp}
+    r.consumer.rebalance()  # revoke everything, assign the same partition again
+    r.steps(1)
+    ex = r.executor
+    assert isinstance(ex, ManualExecutor)
+    ex.run_all()  # the stuck batch finishes after the rebalance: its offsets are stale
+    r.run_all()
+    assert r.consumer.paused() == set(), "a kept partition stayed paused"
+    assert r.consumer.committed_offsets == {tp: 6}
+    assert set(r.products()) == {f"p-{i}" for i in range(6)}, "a record was committed without a tag event"
+
+
+def test_revocation_mid_batch_commits_nothing_for_the_revoked_partition() -> None:
+    r = rig(partitions=2, max_items=4, max_in_flight=1)
+    for i in range(2):
+        r.consumer.produce(product(f"a{i}"), partition=0)
+        r.consumer.produce(product(f"b{i}"), partition=1)
+    r.steps(2)  # one batch of 4 across both partitions, in flight
+    r.consumer.rebalance([r.consumer.tp(0)])  # partition 1 goes to another member
+    r.steps(1)
+    ex = r.executor
+    assert isinstance(ex, ManualExecutor)
+    ex.run_all()
+    r.run_all()
+    commits = {tp for c in r.consumer.commit_log for tp in c}
+    assert commits == {r.consumer.tp(0)}
+    assert r.consumer.committed_offsets == {r.consumer.tp(0): 2}
+
+
+def test_lost_partitions_are_read_again_from_the_last_commit() -> None:
+    r = rig(max_items=2, max_in_flight=1)
+    for i in range(4):
+        r.consumer.produce(product(i))
+    r.steps(2)
+    ex = r.executor
+    assert isinstance(ex, ManualExecutor)
+    ex.run_all()
+    r.steps(2)  # batch (0, 1) committed; batch (2, 3) in flight
+    tp = r.consumer.tp()
+    assert r.consumer.committed_offsets == {tp: 2}
+    r.consumer.rebalance(lost=True)
+    r.steps(1)
+    assert r.consumer.positions[tp] == 2
+    r.run_all()
+    assert r.consumer.committed_offsets == {tp: 4}
+
+
+def test_poison_records_are_dead_letters_and_the_loop_keeps_running() -> None:
+    r = rig(max_items=4)
+    r.consumer.produce(b'{"product_id": "n", "title": "t", "price": ' + b"9" * 5000 + b"}")
+    r.consumer.produce(product(1, "a POISON title that breaks the model"))
+    r.consumer.produce(product(2))
+    r.consumer.produce(product(3))
+    r.run_all()
+    dead = [DeadLetter.model_validate_json(v) for v in r.publisher.values("dlq")]
+    assert sorted(d.error_kind for d in dead) == ["inference_failed", "not_json"]
+    assert sorted(r.products()) == ["p-2", "p-3"]
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 4}
+    assert not r.loop.failed
+    for v in r.publisher.values("out"):
+        TagEvent.model_validate_json(v)  # the bytes we build are the contract
+
+
+def test_publish_retries_until_acknowledged() -> None:
+    r = rig(max_items=2)
+    r.consumer.produce(product(0))
+    r.consumer.produce(product(1))
+    r.publisher.fail_next = 1
+    r.run_all()
+    assert r.publisher.resets == 1
+    assert sorted(r.products()) == ["p-0", "p-1"]
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 2}
+
+
+def test_readiness_recovers_after_a_transient_poll_error_without_a_scrape() -> None:
+    r = rig()
+    r.steps(1)
+    assert r.health.ready and r.gauge("tagger_ready") == 1
+    r.consumer.poll_errors = 1
+    r.steps(1)
+    assert not r.health.ready and r.gauge("tagger_ready") == 0
+    r.steps(1)  # a quiet topic: no record, no publish; the next good poll is enough
+    assert r.health.ready and r.gauge("tagger_ready") == 1
+
+
+def test_readiness_follows_the_connection_on_a_quiet_topic() -> None:
+    r = rig()
+    r.consumer.is_connected = False  # kafka-python polls [] without raising while cut off
+    r.steps(1)
+    assert not r.health.ready and r.gauge("tagger_ready") == 0
+    r.consumer.is_connected = True
+    r.steps(1)
+    assert r.health.ready
+
+
+def test_lag_counts_consumed_but_uncommitted_records() -> None:
+    r = rig(max_items=10)
+    r.steps(1)
+    for i in range(5):
+        r.consumer.produce(product(i))
+    r.clock.advance(10)
+    r.steps(1)  # polled (position 5) but nothing committed
+    assert r.gauge("tagger_consumer_lag", partition="0") == 5
+    r.run_all()
+    r.clock.advance(10)
+    r.steps(1)
+    assert r.gauge("tagger_consumer_lag", partition="0") == 0
+
+
+def test_cache_degraded_clears_on_a_quiet_topic() -> None:
+    r = rig()
+    r.cache.down = True
+    r.consumer.produce(product(0))
+    r.run_all()
+    assert r.cache.degraded
+    r.cache.down = False
+    r.steps(1)
+    assert not r.cache.degraded
+
+
+def test_commit_rejected_after_a_rebalance_is_not_fatal() -> None:
+    r = rig(max_items=2)
+    r.consumer.produce(product(0))
+    r.consumer.produce(product(1))
+    r.consumer.reject_commits = True
+    r.run_all()
+    assert r.consumer.commit_log == [] and not r.loop.failed
+    r.consumer.reject_commits = False
+    r.steps(1)
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 2}
+
+
+def test_records_fetched_in_the_poll_that_rebalanced_are_read_again() -> None:
+    # Two rebalances inside one poll (join, then a second member joins and leaves): the records
+    # that poll fetched arrive after a revoke and must be re-read, not dropped for good.
+    r = rig(max_items=2)
+    r.consumer.rebalance()
+    for i in range(4):
+        r.consumer.produce(product(i))
+    r.run_all()
+    assert set(r.products()) == {f"p-{i}" for i in range(4)}
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 4}
+
+
+def test_adaptive_batching_follows_the_load() -> None:
+    r = rig(max_items=8, max_in_flight=2, max_wait_ms=1000)
+    ex = r.executor
+    assert isinstance(ex, ManualExecutor)
+    r.consumer.produce(product(0))
+    r.steps(2)
+    assert len(ex.queue) == 1, "idle: a lone record goes at once"
+    for i in range(1, 4):
+        r.consumer.produce(product(i))
+    r.steps(2)
+    assert len(ex.queue) == 1, "busy: records wait to fill a batch"
+    ex.run_all()
+    r.steps(2)
+    assert len(ex.queue) == 1 and len(ex.queue[0][2][0]) == 3, "idle again: the three go as one batch"
+
+
+def test_cache_hits_skip_batching_and_inference() -> None:
+    r = rig(max_items=8, max_in_flight=2, max_wait_ms=1000)
+    ex = r.executor
+    assert isinstance(ex, ManualExecutor)
+    r.consumer.produce(product(0, "seen before"))
+    r.run_all()
+    runs = r.engine.runs
+    r.consumer.produce(product(1, "something new"))
+    r.consumer.produce(product(2, "seen before"))  # a hit behind a miss
+    r.steps(2)
+    assert len(ex.queue) == 2, "the hit waited in the batcher"
+    assert [type(i).__name__ for i in ex.queue[0][2][0]] == ["Tagged"]  # submitted first, no inference
+    ex.run(0)
+    r.steps(1)
+    assert r.products() == ["p-0", "p-2"]
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 1}, "committed past the miss still in flight"
+    ex.run_all()
+    r.steps(1)
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 3}
+    assert r.engine.runs == runs + 1 and r.engine.inferred[-1:] == ["something new"]

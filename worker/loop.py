@@ -1,0 +1,410 @@
+"""The poll loop: wires the steps and owns the consumer.
+
+    poll -> DecodeRecords -> CacheLookup -+-> hits and dead letters: ready at once -------+
+                                          +-> misses: Tokenize -> Batcher ------------+
+    RunBatch on the batch thread (TagBatch -> BuildMessages -> Publish) -> OffsetTracker -> commit, last.
+
+One iteration (`step`): collect finished batches, commit what the tracker allows, submit due
+batches (at most `max_in_flight`), pause or resume partitions (backpressure), poll, act on
+rebalance events, decode and queue records, update health. Signal handlers only set `stop`;
+`run` then drains with a deadline (`shutdown`) and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from functools import partial
+from threading import Event
+
+from worker.batcher import Batcher
+from worker.clock import Abort, Clock
+from worker.health import Health
+from worker.metrics import Metrics
+from worker.offsets import OffsetTracker
+from worker.outputs import BuildMessages
+from worker.publish import FLUSH_SLICE_S, Publish, PublishAborted
+from worker.rebalance import RebalanceEvents
+from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
+from worker.settings import BatchingSettings, KafkaSettings, ShutdownSettings
+from worker.tagging import CacheLookup, TagBatch, Tagged
+from worker.transport import CommitRejected, ConsumedRecord, Consumer, Publisher, TopicPartition, TransportError
+
+log = logging.getLogger(__name__)
+COMMIT_TIMEOUT_S = 10.0
+LAG_INTERVAL_S = 5.0
+
+
+Item = Valid | Tagged | Rejected  # what a batch carries: to infer, already tagged (cache hit), or dead
+
+
+def source_of(item: Item) -> ConsumedRecord:
+    return item.record.source if isinstance(item, Tagged) else item.source
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    tagged: int
+    cached: int
+    dead: int
+
+
+class RunBatch:
+    """One batch on the batch thread: tag the valid records, build the messages, publish them."""
+
+    def __init__(
+        self,
+        tag: TagBatch,
+        build: BuildMessages,
+        publish: Publish,
+        metrics: Metrics,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tag, self.build, self.publish, self.metrics, self.wall_clock = tag, build, publish, metrics, wall_clock
+
+    def __call__(self, batch: list[Item]) -> BatchResult:
+        m, started = self.metrics, self.metrics.now()
+        for r in batch:
+            m.queue_wait.observe(started - (r.record.received if isinstance(r, Tagged) else r.received))
+        m.batch_size.observe(len(batch))
+        tagged = iter(self.tag([d for d in batch if isinstance(d, Valid)]))
+        outcomes: list[Tagged | Rejected] = [next(tagged) if isinstance(d, Valid) else d for d in batch]
+        with m.timed("serialize"):
+            messages = self.build(outcomes, self.wall_clock())
+        self.publish(messages)
+        acked = self.wall_clock()
+        dead = 0
+        for o in outcomes:
+            if isinstance(o, Rejected):
+                dead += 1
+                m.dead_letters.labels(o.invalid.reason).inc()
+            elif o.record.source.timestamp_ms:
+                m.end_to_end.observe(max(0.0, acked - o.record.source.timestamp_ms / 1000))
+        m.produced.inc(len(outcomes) - dead)
+        return BatchResult(len(outcomes) - dead, sum(1 for o in outcomes if isinstance(o, Tagged) and o.cached), dead)
+
+
+def _in(partitions: frozenset[TopicPartition], item: Item) -> bool:
+    return source_of(item).tp in partitions
+
+
+class Loop:
+    def __init__(
+        self,
+        connect: Callable[[], Consumer],
+        kafka: KafkaSettings,
+        batching: BatchingSettings,
+        shutdown: ShutdownSettings,
+        decode: DecodeRecords,
+        lookup: CacheLookup,
+        tokenize: Tokenize,
+        run_batch: Callable[[list[Item]], BatchResult],
+        publisher: Publisher,
+        metrics: Metrics,
+        health: Health,
+        stop: Event,
+        abort: Abort,
+        clock: Clock,
+        executor: Executor | None = None,
+    ) -> None:
+        self.connect, self.kafka, self.batching = connect, kafka, batching
+        self.drain_timeout_s = shutdown.drain_timeout_s
+        self.decode, self.lookup, self.tokenize = decode, lookup, tokenize
+        self.run_batch, self.publisher = run_batch, publisher
+        self.metrics, self.health, self.stop, self.abort, self.clock = metrics, health, stop, abort, clock
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        self.batcher: Batcher[Valid] = Batcher(
+            batching.max_items, batching.max_tokens, batching.max_wait_ms / 1000, now=clock.now
+        )
+        self.ready: list[Tagged | Rejected] = []  # cache hits and dead letters: no batching, no inference
+        self.inferring: set[int] = set()  # in-flight batches that run the model
+        self.tracker = OffsetTracker()
+        self.events = RebalanceEvents()
+        self.in_flight: dict[int, Future[BatchResult]] = {}
+        self.rewind: dict[TopicPartition, int] = {}
+        self.remote_committed: dict[TopicPartition, int | None] = {}
+        self.consumer: Consumer | None = None
+        self.failed = False
+        self.totals = {"consumed": 0, "tagged": 0, "cached": 0, "dead": 0, "commits": 0}
+        self._next_commit = 0.0
+        self._next_lag = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.consumer is None and not self.start():
+            return 0
+        try:
+            while not self.stop.is_set() and not self.failed:
+                self.step()
+        finally:
+            self.shutdown()
+        return 1 if self.failed else 0
+
+    def start(self) -> bool:
+        """Connect and subscribe, retrying with backoff until connected or stopped."""
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                consumer = self.connect()
+                consumer.subscribe([self.kafka.input_topic], self.events)
+            except TransportError as exc:
+                self.health.kafka_ok = False
+                self.health.last_tick = self.clock.now()  # alive and retrying: liveness must not restart us
+                log.warning("kafka unreachable (%s); retrying in %.1f s", exc, backoff)
+                self.clock.wait(self.stop, backoff)
+                backoff = min(backoff * 2, self.kafka.retry_backoff_max_s)
+                continue
+            self.consumer = consumer
+            self.health.kafka_ok = True
+            log.info("consuming %s as group %s", self.kafka.input_topic, self.kafka.group_id)
+            return True
+        return False
+
+    def step(self) -> None:
+        self._reap()
+        self._commit()
+        self._submit_due()
+        self._backpressure()
+        self._poll()
+        self._tick()
+
+    # -- batches ------------------------------------------------------------------------------
+    def _submit(self, batch: list[Item]) -> None:
+        batch_id = self.tracker.open((source_of(i).tp, source_of(i).offset) for i in batch)
+        self.in_flight[batch_id] = self.executor.submit(self.run_batch, batch)
+        if any(isinstance(i, Valid) for i in batch):
+            self.inferring.add(batch_id)
+        self.metrics.in_flight.set(len(self.in_flight))
+
+    def _submit_due(self) -> None:
+        b = self.batching
+        if self.ready and len(self.in_flight) < b.max_in_flight:
+            ready, self.ready = self.ready, []
+            self._submit(list(ready))
+        while len(self.in_flight) < b.max_in_flight and self.batcher.due(
+            idle=b.adaptive and not self.inferring.intersection(self.in_flight)
+        ):
+            self._submit(list(self.batcher.take()))
+
+    def _reap(self) -> None:
+        for batch_id, fut in list(self.in_flight.items()):
+            if not fut.done():
+                continue
+            del self.in_flight[batch_id]
+            self.inferring.discard(batch_id)
+            exc = fut.exception()
+            if exc is None:
+                result = fut.result()
+                self.tracker.done(batch_id)
+                self.totals["tagged"] += result.tagged
+                self.totals["cached"] += result.cached
+                self.totals["dead"] += result.dead
+                continue
+            self.tracker.failed(batch_id)  # never committed, nor anything consumed after it
+            if not isinstance(exc, PublishAborted):
+                log.error("batch failed; stopping without committing it", exc_info=exc)
+                self.failed = True
+        self.metrics.in_flight.set(len(self.in_flight))
+
+    def _commit(self, force: bool = False, timeout_s: float = COMMIT_TIMEOUT_S) -> None:
+        if self.consumer is None or (not force and self.clock.now() < self._next_commit):
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: off for tp, off in self.tracker.committable().items() if tp in assigned}
+        if not offsets:
+            return
+        self._next_commit = self.clock.now() + self.kafka.commit_interval_ms / 1000
+        try:
+            with self.metrics.timed("commit"):
+                self.consumer.commit(offsets, timeout_s)
+        except CommitRejected as exc:
+            # A rebalance is under way: its revoke/lost event drops these offsets (the records go
+            # to the partitions' next owner; duplicates carry the same event ids).
+            self.metrics.commit_errors.inc()
+            log.warning("commit rejected after a rebalance: %s", exc)
+            return
+        except TransportError as exc:
+            self.metrics.commit_errors.inc()
+            log.warning("commit of %d partitions failed, retrying: %s", len(offsets), exc)
+            return
+        self.tracker.committed(offsets)
+        self.totals["commits"] += 1
+
+    # -- consumer -----------------------------------------------------------------------------
+    def _backpressure(self) -> None:
+        """Pause every assigned partition while the in-flight slots and the next batch are full,
+        resume otherwise. Reconciled against the client each time: kafka-python keeps the paused
+        flag of partitions that survive a rebalance, so a flag set before one must be cleared."""
+        assert self.consumer is not None
+        b = self.batching
+        full = len(self.in_flight) >= b.max_in_flight and max(len(self.batcher), len(self.ready)) >= b.max_items
+        assigned = self.consumer.assignment()
+        want = assigned if full else set()
+        paused = self.consumer.paused() & assigned
+        if want - paused:
+            self.consumer.pause(want - paused)
+        if paused - want:
+            self.consumer.resume(paused - want)
+        self.metrics.paused.set(len(want))
+
+    def _poll(self) -> None:
+        assert self.consumer is not None
+        timeout_s = self.kafka.poll_timeout_ms / 1000
+        # With no room for another batch the poll waits its full timeout (partitions paused, or
+        # room bounded) instead of spinning against ONNX Runtime's threads. Never poll(0) then:
+        # kafka-python completes a group rejoin only inside poll's time, and a member that cannot
+        # rejoin stalls the whole group's rebalance.
+        if len(self.in_flight) < self.batching.max_in_flight and (left := self.batcher.time_left()) is not None:
+            timeout_s = min(timeout_s, left)
+        room = max(1, self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher) - len(self.ready))
+        try:
+            with self.metrics.timed("poll"):
+                records = self.consumer.poll(timeout_s, min(room, self.kafka.max_poll_records))
+        except TransportError as exc:
+            log.warning("poll failed: %s", exc)
+            self.health.kafka_ok = False
+            self.clock.wait(self.stop, 0.5)
+            return
+        self.health.kafka_ok = self.consumer.connected()
+        fenced, rewound = self._rebalance()
+        if not records:
+            return
+        assigned = self.consumer.assignment()
+        keep: list[ConsumedRecord] = []
+        dropped: dict[TopicPartition, int] = {}
+        for r in records:
+            if r.tp in assigned and r.tp not in fenced:
+                keep.append(r)
+            else:
+                dropped.setdefault(r.tp, r.offset)
+        # Records fetched around a rebalance are dropped, never skipped: read them again.
+        for tp, offset in dropped.items():
+            if tp in rewound:
+                continue  # already sent back to the last commit
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+            else:
+                self.rewind[tp] = min(self.rewind.get(tp, offset), offset)
+        for r in keep:
+            self.tracker.seen(r.tp, r.offset)
+        self._prepare(keep)
+        self.metrics.consumed.inc(len(keep))
+        self.totals["consumed"] += len(keep)
+
+    def _prepare(self, records: list[ConsumedRecord]) -> None:
+        """Decode; cache hits and dead letters are ready at once; misses are tokenized and batched."""
+        decoded = self.decode(records, self.clock.now())
+        hits, misses = self.lookup([d for d in decoded if isinstance(d, Parsed)])
+        tokenized = self.tokenize(misses)
+        hit_of = {id(t.record): t for t in hits}
+        tokens_of = {id(p): v for p, v in zip(misses, tokenized, strict=True)}
+        for d in decoded:
+            item = d if isinstance(d, Rejected) else hit_of.get(id(d)) or tokens_of[id(d)]
+            if isinstance(item, Valid):
+                self.batcher.add(item, item.tokens)
+            else:
+                self.ready.append(item)
+
+    def _rebalance(self) -> tuple[set[TopicPartition], set[TopicPartition]]:
+        """Act on rebalance events on this thread. Returns the partitions whose polled records are
+        stale, and those sent back to their last commit."""
+        assert self.consumer is not None
+        fenced: set[TopicPartition] = set()
+        rewound: set[TopicPartition] = set()
+        for kind, partitions in self.events.drain():
+            names = ", ".join(str(tp) for tp in sorted(partitions))
+            if kind == "assigned":
+                log.info("partitions assigned: %s", names)
+                # A partition kept across the rebalance keeps its fetch position in kafka-python,
+                # past work that was dropped on revoke: read it again from the last commit.
+                for tp in partitions & self.rewind.keys():
+                    self.consumer.seek(tp, self.rewind[tp])
+                    rewound.add(tp)
+                    fenced.add(tp)
+                self.rewind.clear()
+                self.remote_committed.clear()
+                continue
+            log.info("partitions %s: %s; their uncommitted work is dropped", kind, names)
+            self.rewind.update(self.tracker.forget(partitions))
+            self.batcher.drop(partial(_in, partitions))
+            self.ready = [i for i in self.ready if not _in(partitions, i)]
+            fenced |= partitions
+        return fenced, rewound
+
+    # -- health and lag -----------------------------------------------------------------------
+    def _tick(self) -> None:
+        self.health.last_tick = self.clock.now()
+        if self.health.cache is not None:
+            self.health.cache.probe()
+        self.metrics.ready.set(1 if self.health.ready else 0)
+        if self.clock.now() >= self._next_lag:
+            self._next_lag = self.clock.now() + LAG_INTERVAL_S
+            self._report_lag()
+
+    def _report_lag(self) -> None:
+        """Highwater minus the committed offset: consumed-but-uncommitted records count as lag."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        unknown = [tp for tp in assigned if self.tracker.last_committed(tp) is None and tp not in self.remote_committed]
+        if unknown:
+            try:
+                self.remote_committed.update(self.consumer.committed(unknown, timeout_s=1.0))
+            except TransportError as exc:
+                log.debug("committed offsets unavailable: %s", exc)
+        for tp in assigned:
+            hw = self.consumer.highwater(tp)
+            base = self.tracker.last_committed(tp)
+            if base is None:
+                base = self.remote_committed.get(tp) or 0
+            if hw is not None:
+                self.metrics.lag.labels(str(tp.partition)).set(max(0, hw - base))
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop fetching, publish what was consumed, commit, close: all within `drain_timeout_s`.
+        Publishing gets the budget minus a reserve for commit and close; at its deadline `abort`
+        cuts the publish short and those batches stay uncommitted (redelivered after restart)."""
+        self.health.stopping = True
+        self.metrics.ready.set(0)
+        started = self.clock.now()
+        deadline = started + self.drain_timeout_s
+        self.abort.deadline = deadline - min(5.0, self.drain_timeout_s / 4)
+        if self.failed:
+            self.batcher.take_all()
+            self.ready = []
+        if self.ready:
+            ready, self.ready = self.ready, []
+            self._submit(list(ready))
+        while len(self.batcher):
+            self._submit(list(self.batcher.take()))
+        for fut in list(self.in_flight.values()):
+            wait([fut], timeout=max(0.0, self.abort.deadline - self.clock.now()))
+            if not fut.done():
+                self.abort.set()
+                wait([fut], timeout=2 * FLUSH_SLICE_S)
+        self._reap()
+        self._commit(force=True, timeout_s=max(0.1, deadline - self.clock.now()))
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.consumer is not None:
+            try:
+                self.consumer.close(timeout_s=max(0.1, deadline - self.clock.now()))
+            except TransportError as exc:
+                log.warning("consumer close: %s", exc)
+        try:
+            self.publisher.close(max(0.1, deadline - self.clock.now()))
+        except TransportError as exc:
+            log.warning("producer close: %s", exc)
+        t = self.totals
+        log.info(
+            "worker stopped in %.1f s: consumed %d, tagged %d (%d from cache), dead-lettered %d, %d commits%s",
+            self.clock.now() - started,
+            t["consumed"],
+            t["tagged"],
+            t["cached"],
+            t["dead"],
+            t["commits"],
+            " (failed)" if self.failed else "",
+        )

@@ -1,0 +1,72 @@
+"""Step 4, publishing: send a batch's messages and wait until every one is acknowledged, retrying
+with backoff. Only `Abort` ends it early (shutdown): flushes run in short slices so an abort or the
+drain deadline cuts even a stalled broker short."""
+
+from __future__ import annotations
+
+import logging
+
+from worker.clock import Abort, Clock
+from worker.health import Health
+from worker.metrics import Metrics
+from worker.outputs import OutMessage
+from worker.settings import KafkaSettings
+from worker.transport import Delivery, Publisher, TransportError
+
+log = logging.getLogger(__name__)
+FLUSH_SLICE_S = 0.25  # longest an abort waits for a flush to notice it
+
+
+class PublishAborted(Exception):
+    """Shutdown ran out of budget before a batch was acknowledged; its offsets stay uncommitted."""
+
+
+class Publish:
+    def __init__(
+        self, publisher: Publisher, kafka: KafkaSettings, metrics: Metrics, health: Health, abort: Abort, clock: Clock
+    ) -> None:
+        self.publisher, self.metrics, self.health, self.abort, self.clock = publisher, metrics, health, abort, clock
+        self.timeout_s, self.backoff_max_s = kafka.produce_timeout_s, kafka.retry_backoff_max_s
+
+    def __call__(self, messages: list[OutMessage]) -> None:
+        pending, backoff = messages, 0.2
+        with self.metrics.timed("produce"):
+            while pending:
+                if self.abort.expired():
+                    raise PublishAborted(f"{len(pending)} records unacknowledged at shutdown")
+                failed, errors = self._attempt(pending)
+                if not failed:
+                    self.health.published()
+                    return
+                self.health.publish_failed()
+                self.metrics.produce_retries.inc()
+                log.warning(
+                    "%d of %d records not acknowledged (%s); retrying in %.1f s",
+                    len(failed),
+                    len(pending),
+                    ", ".join(sorted(errors)),
+                    backoff,
+                )
+                if self.abort.wait(backoff):
+                    raise PublishAborted(f"{len(failed)} records unacknowledged at shutdown")
+                backoff = min(backoff * 2, self.backoff_max_s)
+                self.publisher.reset()
+                pending = failed
+
+    def _attempt(self, pending: list[OutMessage]) -> tuple[list[OutMessage], set[str]]:
+        try:
+            sent: list[tuple[OutMessage, Delivery]] = [
+                (m, self.publisher.send(m.topic, m.key, m.value)) for m in pending
+            ]
+        except TransportError as exc:
+            return pending, {str(exc)}
+        flush_until = self.clock.now() + self.timeout_s
+        while not self.abort.expired():
+            left = min(flush_until - self.clock.now(), self.abort.remaining())
+            if left <= 0 or self.publisher.flush(min(FLUSH_SLICE_S, left)):
+                break
+        failed = [m for m, d in sent if not (d.is_done and d.succeeded())]
+        errors = {type(d.exception).__name__ for _, d in sent if d.is_done and d.exception is not None}
+        if failed and not errors:
+            errors = {"not acknowledged in time"}
+        return failed, errors
