@@ -43,9 +43,9 @@ class TorchTagger:
         torch.set_num_threads(threads or os.cpu_count() or 1)
         model, meta = Tagger.load(run_dir)
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "encoder")
-        labels = [str(x) for x in meta["labels"]]  # type: ignore[attr-defined]
-        thresholds = torch.tensor(meta["thresholds"], dtype=torch.float32)
-        return cls(model, tokenizer, labels, thresholds, int(meta["max_seq_len"]))  # type: ignore[call-overload]
+        # The naive competitor: the encoder's own tags over threshold (no lexical channel, no decisions).
+        thresholds = torch.tensor(meta.decisions.thresholds, dtype=torch.float32)
+        return cls(model, tokenizer, meta.decisions.labels, thresholds, meta.max_seq_len)
 
     def tag(self, texts: list[str]) -> list[list[tuple[str, float]]]:
         """Tags over threshold per text, highest first; texts are padded to the longest in the list."""

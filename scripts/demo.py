@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         write_rows(train_file, train_rows)
     _, model_dir = ensure_model(args.work_dir, data=train_file, max_minutes=args.max_minutes)
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    labels = len(manifest.get("labels", []))
+    labels = len(manifest["decisions"]["labels"])
     print(f"   model {model_dir} version {manifest.get('model_version')}, {labels} labels")
 
     print("== 2/4 local broker (Tansu) and Redis")
