@@ -163,7 +163,7 @@ def test_pause_stops_and_resume_restarts_delivery_without_loss(
     consumer = connect_consumer(settings(broker, unique))
     consumers.append(consumer)
     consumer.subscribe([topic], Recorder())
-    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    p0 = TopicPartition(topic, 0)
     got = wait_assigned(consumer, 2)
     got += poll_until(consumer, lambda out: len(out) > 0)
     assert 0 < len(got) < 2000, "paused mid-partition, with records already fetched and queued"
@@ -319,3 +319,30 @@ def test_idempotent_producer_recovers_from_a_broker_restart_by_reset(tmp_path: P
         publisher.close(5)
     finally:
         svc.stop()
+
+
+def test_broker_loss_bounds_commit_reports_lost_partitions_and_disconnects(
+    tmp_path: Path, unique: str, consumers: list[ConfluentConsumer]
+) -> None:
+    svc = start_tansu(log_dir=tmp_path)
+    topic = f"bl-{unique}"
+    try:
+        create_topics(svc.url, {topic: 2})
+        consumer, events = connect_consumer(settings(svc.url, unique)), Recorder()
+        consumers.append(consumer)
+        consumer.subscribe([topic], events)
+        wait_assigned(consumer, 2)
+        consumer.commit({TopicPartition(topic, 0): 0}, timeout_s=10)
+        assert consumer.connected()
+    finally:
+        svc.stop()
+    started = time.monotonic()
+    with pytest.raises(TransportError):
+        consumer.commit({TopicPartition(topic, 0): 1}, timeout_s=2.0)  # librdkafka's own has no timeout
+    assert time.monotonic() - started < 4
+    deadline = time.monotonic() + 30  # the session (6 s) expires without the coordinator
+    while time.monotonic() < deadline and "lost" not in events.kinds():
+        consumer.poll(0.2, 10)
+    assert "lost" in events.kinds() and not consumer.connected()
+    lost = next(e for e in events.events if e[0] == "lost")
+    assert lost[1] == {TopicPartition(topic, 0), TopicPartition(topic, 1)} and lost[2] == threading.get_ident()

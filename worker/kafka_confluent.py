@@ -78,8 +78,6 @@ def common_config(s: KafkaSettings) -> dict[str, Any]:
         "reconnect.backoff.max.ms": int(s.retry_backoff_max_s * 1000),
         "logger": rdkafka_log,
         "log_level": _syslog_level(rdkafka_log),
-        # Topics exist before we touch them (created by deployment); never create one by a typo.
-        "allow.auto.create.topics": False,
     }
     if s.sasl_mechanism:
         cfg["sasl.mechanism"] = s.sasl_mechanism
@@ -104,6 +102,9 @@ def consumer_config(s: KafkaSettings) -> dict[str, Any]:
         "fetch.max.bytes": s.fetch_max_bytes,
         "fetch.wait.max.ms": s.fetch_max_wait_ms,
         "enable.partition.eof": False,
+        # Topics exist before we touch them (created by deployment): a typo must not create one.
+        # (Tansu honours this for librdkafka's requests, unlike kafka-python's; see the README.)
+        "allow.auto.create.topics": False,
         # Broker states arrive with the statistics; they tell `connected()` the truth.
         "statistics.interval.ms": 1000,
     }
@@ -445,7 +446,9 @@ class ConfluentPublisher:
         deadline = None
         while True:
             try:
-                producer.produce(topic, value, key, on_delivery=report)
+                # Positional (topic, value, key, partition -1 = partitioner, on_delivery): measurably
+                # cheaper than keyword parsing on this per-record path.
+                producer.produce(topic, value, key, -1, report)
                 return report
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room, bounded.
