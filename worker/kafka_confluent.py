@@ -437,10 +437,13 @@ class ConfluentPublisher:
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
         report = DeliveryReport()
-        try:
-            producer = self._client()
-        except DeliveryFailed as exc:
-            return report.fail(exc)
+        # Per-record path: no lock once the client exists (reading one attribute is atomic).
+        producer = self._producer
+        if producer is None:
+            try:
+                producer = self._client()
+            except DeliveryFailed as exc:
+                return report.fail(exc)
         if self._fatal is not None:
             return report.fail(DeliveryFailed(f"producer unusable: {_describe(self._fatal)}", self._fatal.code()))
         deadline = None
