@@ -346,3 +346,33 @@ def test_broker_loss_bounds_commit_reports_lost_partitions_and_disconnects(
     assert "lost" in events.kinds() and not consumer.connected()
     lost = next(e for e in events.events if e[0] == "lost")
     assert lost[1] == {TopicPartition(topic, 0), TopicPartition(topic, 1)} and lost[2] == threading.get_ident()
+
+
+def test_sasl_tls_settings_map_to_librdkafka_properties_it_accepts() -> None:
+    from confluent_kafka import Producer
+
+    from worker.kafka_confluent import common_config, consumer_config, producer_config
+
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    if not ca.is_file():
+        pytest.skip("no system CA bundle to point ssl.ca.location at")
+    s = KafkaSettings.model_validate(
+        {
+            "bootstrap_servers": "b1:9093, b2:9093",
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "tagger",
+            "sasl_password": "s3cret",
+            "ssl_cafile": str(ca),
+            "client": "confluent",
+        }
+    )
+    cfg = common_config(s)
+    assert cfg["bootstrap.servers"] == "b1:9093,b2:9093"
+    assert cfg["security.protocol"] == "sasl_ssl"
+    assert (cfg["sasl.mechanism"], cfg["sasl.username"], cfg["sasl.password"]) == ("SCRAM-SHA-512", "tagger", "s3cret")
+    assert cfg["ssl.ca.location"] == str(ca)
+    assert producer_config(s)["enable.idempotence"] is True and producer_config(s)["acks"] == "all"
+    assert consumer_config(s)["enable.auto.commit"] is False
+    # librdkafka validates names and values when the client is built (no connection needed).
+    Producer(producer_config(s)).close()
