@@ -160,7 +160,7 @@ def test_pause_stops_and_resume_restarts_delivery_without_loss(
     topic = f"pr-{unique}"
     create_topics(broker, {topic: 2})
     produce_to(broker, topic, 0, [b"a%d" % i for i in range(2000)])
-    consumer = connect_consumer(settings(broker, unique))
+    consumer = connect_consumer(settings(broker, unique, max_poll_records=100))
     consumers.append(consumer)
     consumer.subscribe([topic], Recorder())
     p0 = TopicPartition(topic, 0)
@@ -172,9 +172,15 @@ def test_pause_stops_and_resume_restarts_delivery_without_loss(
     produce_to(broker, topic, 1, [b"b%d" % i for i in range(10)])
     during = poll_for(consumer, 2.0)
     assert {r.partition for r in during} == {1} and len(during) == 10, "no p0 record while paused"
+    # Records fetched while paused are held, bounded: the cap (max_poll_records) plus one poll of
+    # 500; then librdkafka stops fetching p0.
+    assert 0 < len(consumer._held[p0]) <= 100 + 500
 
     consumer.resume([p0])
     assert consumer.paused() == set()
+    first = consumer.poll(0.0, 500)
+    assert first and {r.tp for r in first} == {p0}, "held records come at once, no refetch after resume"
+    got += first
     got += poll_until(consumer, lambda out: len(got) + len(out) >= 2000)
     offsets = [r.offset for r in got if r.tp == p0]
     assert offsets == list(range(2000)), "resumed exactly where the application stopped"
@@ -185,13 +191,16 @@ def test_rebalance_splits_partitions_with_callbacks_on_the_poll_thread(
 ) -> None:
     topic = f"rb-{unique}"
     create_topics(broker, {topic: 4})
-    s = settings(broker, unique)
+    s = settings(broker, unique, max_poll_records=10)
     first, first_events = connect_consumer(s), Recorder()
     consumers.append(first)
     first.subscribe([topic], first_events)
     wait_assigned(first, 4)
     everything = {TopicPartition(topic, p) for p in range(4)}
     first.pause(everything)  # a full worker: all paused when the second member arrives
+    for tp in everything:  # enough to hold 10 per partition: librdkafka pauses them too
+        produce_to(broker, topic, tp.partition, [b"early"] * 30)
+    assert poll_for(first, 1.0) == []
 
     # One consumer per thread (polled alternately from one thread, the group never settles).
     stop, second_owned, second_records = threading.Event(), [set[TopicPartition]()], [0]
@@ -222,13 +231,13 @@ def test_rebalance_splits_partitions_with_callbacks_on_the_poll_thread(
 
     # The second member leaves: its partitions come back to the first one unpaused, unlike
     # librdkafka's own behaviour (its pause flag outlives the revocation).
-    wait_assigned(first, 4)
+    got = wait_assigned(first, 4)
     assert first.paused() == kept
     returned = everything - kept
     for tp in everything:
         produce_to(broker, topic, tp.partition, [b"x"])
-    got = poll_for(first, 3.0)
-    assert {r.tp for r in got} == returned
+    got += poll_for(first, 3.0)
+    assert {r.tp for r in got} == returned and len(got) == 2 * 31, "returned partitions read from the start"
     first.resume(kept)
     got = poll_until(first, lambda out: {r.tp for r in out} == kept)
     assert {r.tp for r in got} == kept
