@@ -91,6 +91,10 @@ def wait_assigned(consumer: ConfluentConsumer, n: int, timeout_s: float = 30) ->
     return out
 
 
+def librdkafka_assignment(consumer: ConfluentConsumer) -> set[TopicPartition]:
+    return {TopicPartition(tp.topic, tp.partition) for tp in consumer._c.assignment()}
+
+
 @pytest.fixture
 def consumers() -> Iterator[list[ConfluentConsumer]]:
     made: list[ConfluentConsumer] = []
@@ -220,6 +224,7 @@ def test_rebalance_splits_partitions_with_callbacks_on_the_poll_thread(
         while time.monotonic() < deadline and not (len(first.assignment()) == 2 and len(second_owned[0]) == 2):
             first.poll(0.1, 500)
         kept = first.assignment()
+        assert kept == librdkafka_assignment(first), "the cached assignment is librdkafka's"
         assert len(kept) == 2 and kept.isdisjoint(second_owned[0]) and kept | second_owned[0] == everything
         revoked = [e for e in first_events.events if e[0] == "revoked"]
         assert revoked and revoked[0][1] == everything
@@ -232,6 +237,7 @@ def test_rebalance_splits_partitions_with_callbacks_on_the_poll_thread(
     # The second member leaves: its partitions come back to the first one unpaused, unlike
     # librdkafka's own behaviour (its pause flag outlives the revocation).
     got = wait_assigned(first, 4)
+    assert first.assignment() == librdkafka_assignment(first) == everything
     assert first.paused() == kept
     returned = everything - kept
     for tp in everything:

@@ -193,6 +193,9 @@ class ConfluentConsumer:
     def __init__(self, s: KafkaSettings, now: Callable[[], float] = time.monotonic) -> None:
         self.settings, self.now = s, now
         self._listener: RebalanceListener | None = None
+        # librdkafka's assignment() is a round trip to its main thread (~0.8 ms measured, and the
+        # loop asks several times per poll); it changes only in the rebalance callbacks.
+        self._assignment: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()  # as the loop asked (kept through a rebalance)
         self._held: dict[TopicPartition, list[ConsumedRecord]] = {}  # fetched while paused, in order
         self._hold_max = s.max_poll_records
@@ -225,6 +228,7 @@ class ConfluentConsumer:
     # rebalance, as with kafka-python; partitions that are new to us start unpaused.
     def _on_assign(self, _c: Consumer, partitions: list[RdTP]) -> None:
         assigned = {_ours(tp) for tp in partitions}
+        self._assignment |= assigned
         self._paused -= assigned - self._kept
         self._kept = set()
         if self._listener is not None:
@@ -233,6 +237,7 @@ class ConfluentConsumer:
     def _on_revoke(self, c: Consumer, partitions: list[RdTP]) -> None:
         revoked = {_ours(tp) for tp in partitions}
         self._kept = revoked  # eager rebalancing: whatever comes back in the next assign was kept
+        self._assignment -= revoked
         self._release_partitions(c, revoked)
         if revoked and self._listener is not None:
             self._listener.on_revoked(revoked)
@@ -240,6 +245,7 @@ class ConfluentConsumer:
     def _on_lost(self, c: Consumer, partitions: list[RdTP]) -> None:
         lost = {_ours(tp) for tp in partitions}
         self._kept = set()  # not kept: they come back (if at all) unpaused
+        self._assignment -= lost
         self._release_partitions(c, lost)
         if lost and self._listener is not None:
             self._listener.on_lost(lost)
@@ -316,10 +322,7 @@ class ConfluentConsumer:
         self._flagged |= set(partitions)
 
     def assignment(self) -> set[TopicPartition]:
-        try:
-            return {_ours(tp) for tp in self._c.assignment()}
-        except (KafkaException, RuntimeError) as exc:
-            raise TransportError(f"assignment: {exc}") from exc
+        return set(self._assignment)
 
     def pause(self, partitions: Collection[TopicPartition]) -> None:
         self._paused |= set(partitions)
@@ -337,7 +340,7 @@ class ConfluentConsumer:
             self._flagged -= flagged
 
     def paused(self) -> set[TopicPartition]:
-        return self._paused & self.assignment()
+        return self._paused & self._assignment
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._held.pop(partition, None)  # superseded: the next records of it start at `offset`
