@@ -7,7 +7,10 @@ No model, no Redis, no decode: the I/O floor under the worker's cache-hit path. 
 2. relay: a group consumer reads them back and, per poll, sends one ~200-byte record per input
    record to an output topic, flushes (waits for every delivery report) and commits the polled
    offsets at most every `commit_interval_ms`, as the worker does -> `transport_eps_<client>`,
-   counted from the first record polled (the group join is excluded) to the last commit.
+   counted from the first record polled (the group join is excluded) to the last commit;
+3. relay with backpressure: the same, but every partition is paused while a poll's records are
+   sent and flushed and resumed afterwards (what the worker does when its batches back up)
+   -> `transport_paused_eps_<client>`.
 
     python -m bench.transport_bench [--records 200000] [--clients kafka-python,confluent]
 
@@ -66,16 +69,7 @@ def run_one(bootstrap: str, client: str, n: int, partitions: int) -> dict[str, f
     suffix = uuid.uuid4().hex[:8]
     src, dst = f"tb-in-{suffix}", f"tb-out-{suffix}"
     create_topics(bootstrap, {src: partitions, dst: partitions})
-    s = KafkaSettings.model_validate(
-        {
-            "bootstrap_servers": bootstrap,
-            "group_id": f"tb-{suffix}",
-            "client": client,
-            "session_timeout_ms": 6000,
-            "heartbeat_interval_ms": 1000,
-            "fetch_max_wait_ms": 10,  # as bench/run.py: Tansu otherwise holds empty fetches
-        }
-    )
+    s = settings(bootstrap, client, f"tb-{suffix}")
     connect, publisher = transport(s)
     values = [record(i) for i in range(n)]
     keys = [b"p%09d" % i for i in range(n)]
@@ -88,7 +82,36 @@ def run_one(bootstrap: str, client: str, n: int, partitions: int) -> dict[str, f
     if not all(r.succeeded() for r in reports):
         raise RuntimeError(f"{client}: {sum(not r.succeeded() for r in reports)} records not delivered")
     del reports
+    relay_s = relay(connect, publisher, s, src, dst, n, pause=False)
+    paused_s = relay(connect, publisher, settings(bootstrap, client, f"tbp-{suffix}"), src, dst, n, pause=True)
+    publisher.close(10)
+    log.info("%s: produce %.1f s, relay %.1f s, relay with backpressure %.1f s", client, produce_s, relay_s, paused_s)
+    return {"produce_eps": n / produce_s, "transport_eps": n / relay_s, "transport_paused_eps": n / paused_s}
 
+
+def settings(bootstrap: str, client: str, group: str) -> KafkaSettings:
+    return KafkaSettings.model_validate(
+        {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "client": client,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "fetch_max_wait_ms": 10,  # as bench/run.py: Tansu otherwise holds empty fetches
+        }
+    )
+
+
+def relay(
+    connect: Callable[[KafkaSettings], Consumer],
+    publisher: Publisher,
+    s: KafkaSettings,
+    src: str,
+    dst: str,
+    n: int,
+    pause: bool,
+) -> float:
+    """Seconds from the first record polled to the commit of the n-th."""
     consumer = connect(s)
     consumer.subscribe([src], _Quiet())
     seen, first, commits = 0, None, 0
@@ -107,13 +130,17 @@ def run_one(bootstrap: str, client: str, n: int, partitions: int) -> dict[str, f
             first = t0
         else:
             spent["poll"] += t1 - t0
+        if pause:
+            consumer.pause(consumer.assignment())
         out = [publisher.send(dst, r.key, r.value or b"") for r in batch]
         t2 = time.perf_counter()
         if not publisher.flush(s.produce_timeout_s) or not all(d.succeeded() for d in out):
-            raise RuntimeError(f"{client}: relay deliveries failed")
+            raise RuntimeError(f"{s.client}: relay deliveries failed")
         t3 = time.perf_counter()
         spent["send"] += t2 - t1
         spent["flush"] += t3 - t2
+        if pause:
+            consumer.resume(consumer.assignment())
         for r in batch:
             pending[r.tp] = r.offset + 1
         seen += len(batch)
@@ -123,20 +150,19 @@ def run_one(bootstrap: str, client: str, n: int, partitions: int) -> dict[str, f
             commits += 1
             spent["commit"] += time.monotonic() - now
             next_commit = now + interval
-    relay_s = time.perf_counter() - (first or time.perf_counter())
+    elapsed = time.perf_counter() - (first or time.perf_counter())
     consumer.close(10)
-    publisher.close(10)
     if seen < n:
-        raise RuntimeError(f"{client}: relayed only {seen} of {n}")
+        raise RuntimeError(f"{s.client}: relayed only {seen} of {n}")
     log.info(
-        "%s: produce %.1f s, relay %.1f s (%s), %d commits",
-        client,
-        produce_s,
-        relay_s,
+        "%s relay%s: %.1f s (%s), %d commits",
+        s.client,
+        " with backpressure" if pause else "",
+        elapsed,
         ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()),
         commits,
     )
-    return {"produce_eps": n / produce_s, "transport_eps": n / relay_s}
+    return elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
