@@ -12,8 +12,11 @@ How librdkafka differs from kafka-python, and what this module does about it:
 - `Consumer.commit(asynchronous=False)` and `close()` have no timeout: they run on a helper thread
   and are abandoned (reported as `TransportError`) when the caller's budget is spent.
 - `Producer.flush` is sliced so that an abort event (shutdown out of budget) cuts it short.
-- A fatal producer error (e.g. the idempotent producer's id is unknown after a broker restart)
-  makes the client unusable: every later send fails until `reset()` builds a new one.
+- `pause()` would drop librdkafka's prefetched records: the consumer holds records of paused
+  partitions instead (see `ConfluentConsumer`).
+- A fatal producer error makes the client unusable: every later send fails until `reset()`
+  builds a new one. (After a Tansu restart the error is not even fatal: records time out, and
+  `reset()` is again the cure; README "librdkafka vs Tansu".)
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ _REJECTED = {
 _BENIGN = {KafkaError._PARTITION_EOF}
 _NO_TIMESTAMP = 0  # confluent_kafka.TIMESTAMP_NOT_AVAILABLE
 _FLUSH_SLICE_S = 0.05
-# librdkafka logs with syslog levels; stay one level quieter than our logger so DEBUG is opt-in.
+# Our logger's level as librdkafka's syslog level: it does not format lines we would drop.
 _SYSLOG = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -74,8 +77,9 @@ def common_config(s: KafkaSettings) -> dict[str, Any]:
         "bootstrap.servers": ",".join(b.strip() for b in s.bootstrap_servers.split(",") if b.strip()),
         "client.id": s.client_id,
         "security.protocol": s.security_protocol.lower(),
-        "socket.connection.setup.timeout.ms": int(s.bootstrap_timeout_s * 1000),
-        "reconnect.backoff.max.ms": int(s.retry_backoff_max_s * 1000),
+        # librdkafka's ranges: setup timeout >= 1 s, backoff <= 1 h.
+        "socket.connection.setup.timeout.ms": max(1000, int(s.bootstrap_timeout_s * 1000)),
+        "reconnect.backoff.max.ms": min(3_600_000, int(s.retry_backoff_max_s * 1000)),
         "logger": rdkafka_log,
         "log_level": _syslog_level(rdkafka_log),
     }
@@ -162,7 +166,8 @@ def _records(messages: list[Message]) -> list[ConsumedRecord]:
 
 class _Helper:
     """Runs librdkafka calls that have no timeout of their own on one thread, waiting at most a
-    budget. An abandoned call finishes (or hangs) in the background; the caller moves on."""
+    budget. An abandoned call finishes (or hangs) in the background; the caller moves on. One
+    thread: a late commit never lands after a newer one."""
 
     def __init__(self, name: str) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -190,8 +195,8 @@ class ConfluentConsumer:
     hands the held records out first, then librdkafka's, which continue after them.
     """
 
-    def __init__(self, s: KafkaSettings, now: Callable[[], float] = time.monotonic) -> None:
-        self.settings, self.now = s, now
+    def __init__(self, s: KafkaSettings) -> None:
+        self.settings = s
         self._listener: RebalanceListener | None = None
         # librdkafka's assignment() is a round trip to its main thread (~0.8 ms measured, and the
         # loop asks several times per poll); it changes only in the rebalance callbacks.
