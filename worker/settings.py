@@ -29,6 +29,10 @@ class KafkaSettings(_Section):
     dlq_topic: str = Field("products.dlq", description="Dead-letter topic for malformed product events.")
     group_id: str = Field("product-tagger", description="Consumer group; replicas share the input partitions.")
     client_id: str = Field("product-tagger", description="Kafka client id (shows up in broker logs/quotas).")
+    client: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python",
+        description="Kafka client library: kafka-python (pure Python) or confluent (librdkafka, faster; see README).",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol."
     )
