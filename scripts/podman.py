@@ -139,7 +139,9 @@ def ensure_base_image(name: str = BASE_IMAGE) -> bool:
                 tar.stdout.close()
             tar.wait()
         if imported.returncode != 0 or tar.returncode != 0:
-            raise ImageError(f"podman import of the base rootfs failed (tar {tar.returncode}, import {imported.returncode})")
+            raise ImageError(
+                f"podman import of the base rootfs failed (tar {tar.returncode}, import {imported.returncode})"
+            )
     log(f"base image {name} made in {time.monotonic() - t0:.0f} s")
     return True
 
@@ -154,9 +156,7 @@ def host_pip_config(python: str = sys.executable) -> dict[str, str]:
 
     `pip config list` prints `scope.key='value'`, files first (global, user, site) then `:env:`.
     """
-    proc = subprocess.run(
-        [python, "-m", "pip", "config", "list"], text=True, capture_output=True, check=False
-    )
+    proc = subprocess.run([python, "-m", "pip", "config", "list"], text=True, capture_output=True, check=False)
     options: dict[str, str] = {}
     if proc.returncode != 0:
         return options
