@@ -2,7 +2,8 @@
 
 Produces the product events in /smoke/products.json to the worker's input topic, then reads the
 output topic until every product has a tag event or the deadline passes. Prints one JSON summary
-line; exit 0 only when every product was tagged. Used by scripts/compose_smoke.py.
+line; exit 0 only when every product was tagged. `--produce-only` stops after producing.
+Used by scripts/compose_smoke.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> int:
     p.add_argument("--output-topic", default="products.tags")
     p.add_argument("--products", default="/smoke/products.json")
     p.add_argument("--timeout-s", type=float, default=120.0)
+    p.add_argument("--produce-only", action="store_true", help="produce and exit (the drain check)")
     args = p.parse_args()
     with open(args.products, encoding="utf-8") as f:
         products = json.load(f)
@@ -34,6 +36,9 @@ def main() -> int:
         producer.send(args.input_topic, key=product["product_id"].encode(), value=json.dumps(product).encode())
     producer.flush(timeout=30)
     producer.close(timeout=5)
+    if args.produce_only:
+        print(json.dumps({"produced": len(products), "seconds": round(time.monotonic() - t0, 1)}))
+        return 0
 
     # A fresh group from the earliest offset: sees every event the worker published.
     consumer = KafkaConsumer(

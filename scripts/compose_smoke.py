@@ -9,7 +9,8 @@ Each step is driven explicitly, with its own deadline and a failure message nami
  4. the worker starts read-only as uid 10001, its compose health check passes, /readyz is 200;
  5. real Flipkart titles are produced and a tag event is read back for every one;
  6. /metrics from inside the container counts them; the worker's log lines are JSON;
- 7. SIGTERM (`podman stop` with the compose grace period): the worker drains and exits 0 in time;
+ 7. SIGTERM (`podman stop`, the compose grace period) during a burst: the worker finishes what it
+    consumed (its summary line: consumed = tagged + dead-lettered) and exits 0 within the grace;
  8. everything is torn down (also on failure), volumes included.
 
     python -m scripts.compose_smoke [--products 200] [--keep]   (after `make images`)
@@ -159,10 +160,26 @@ def http_get(service: str, path: str, port: int = 8080) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 0), body
 
 
-def products(n: int) -> list[dict[str, str]]:
+def products(n: int, skip: int = 0, prefix: str = "smoke") -> list[dict[str, str]]:
     """Real titles from the end of the data file (the smoke's model trains on its first rows)."""
-    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()[-n:]]
-    return [{"product_id": f"smoke-{i}-{r['id']}", "title": r["title"]} for i, r in enumerate(rows)]
+    lines = DATA.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines[len(lines) - skip - n : len(lines) - skip]]
+    return [{"product_id": f"{prefix}-{i}-{r['id']}", "title": r["title"]} for i, r in enumerate(rows)]
+
+
+def run_client(files: dict[str, list[dict[str, str]]], *args: str) -> subprocess.CompletedProcess[str]:
+    """deploy/smoke_client.py in the worker image, on the compose network, with `files` under /smoke."""
+    with tempfile.TemporaryDirectory(prefix="tagger-smoke-") as tmp:
+        for name, rows in files.items():
+            (Path(tmp) / name).write_text(json.dumps(rows), encoding="utf-8")
+            (Path(tmp) / name).chmod(0o644)
+        Path(tmp).chmod(0o755)  # the client runs as uid 10001: it must be able to read the mount
+        return sh(
+            ["podman", "run", "--rm", "--no-healthcheck", "--network", f"{PROJECT}_default",
+             "--read-only", "--user", "10001", "-v", f"{tmp}:/smoke:ro", "-v", f"{CLIENT}:/smoke-client/client.py:ro",
+             "--entrypoint", "python", WORKER_IMAGE, "/smoke-client/client.py", *args],
+            timeout=CLIENT_S, check=False, what="smoke client",
+        )  # fmt: skip
 
 
 def metric(text: str, name: str) -> float:
@@ -172,7 +189,7 @@ def metric(text: str, name: str) -> float:
     return float(match.group(1))
 
 
-def smoke(compose: list[str], n: int, timings: dict[str, float]) -> None:
+def smoke(compose: list[str], n: int, burst: int, timings: dict[str, float]) -> None:
     say("kafka (Tansu stand-in) and redis (Debian redis-server stand-in): starting")
     sh([*compose, "up", "-d", "--no-deps", "kafka", "redis"], what="start kafka and redis")
     for service in ("kafka", "redis"):
@@ -194,26 +211,20 @@ def smoke(compose: list[str], n: int, timings: dict[str, float]) -> None:
     user = sh(["podman", "inspect", "--format", "{{.Config.User}}", worker], what="inspect worker").stdout.strip()
     if not host.get("ReadonlyRootfs") or not user.startswith("10001"):
         raise SmokeError(f"worker: expected a read-only root and user 10001, got {host.get('ReadonlyRootfs')}/{user}")
+    env = sh(["podman", "inspect", "--format", "{{json .Config.Env}}", worker], what="inspect worker").stdout
+    port = int(dict(e.split("=", 1) for e in json.loads(env)).get("TAGGER_HTTP__PORT", "8080"))
     timings["worker ready"] = wait_for(
-        "/readyz 200", lambda: http_get("worker", "/readyz")[0] == 200, READY_S, "worker"
+        "/readyz 200", lambda: http_get("worker", "/readyz", port)[0] == 200, READY_S, "worker"
     )
     wait_for("healthy (its compose health check)", lambda: healthy("worker"), 30, "worker")
-    say(f"worker: ready in {timings['worker ready']:.0f} s, read-only as uid {user}, health check passing")
+    say(
+        f"worker: ready in {timings['worker ready']:.0f} s, read-only as uid {user}, "
+        f"health check passing on TAGGER_HTTP__PORT={port}"
+    )
 
-    with tempfile.TemporaryDirectory(prefix="tagger-smoke-") as tmp:
-        (Path(tmp) / "products.json").write_text(json.dumps(products(n)), encoding="utf-8")
-        # the client runs as uid 10001: it must be able to read what the mount holds
-        Path(tmp).chmod(0o755)
-        (Path(tmp) / "products.json").chmod(0o644)
-        network = f"{PROJECT}_default"
-        t0 = time.monotonic()
-        proc = sh(
-            ["podman", "run", "--rm", "--no-healthcheck", "--network", network, "--read-only", "--user", "10001",
-             "-v", f"{tmp}:/smoke:ro", "-v", f"{CLIENT}:/smoke-client/client.py:ro",
-             "--entrypoint", "python", WORKER_IMAGE, "/smoke-client/client.py", "--timeout-s", str(CLIENT_S - 30)],
-            timeout=CLIENT_S, check=False, what="smoke client",
-        )  # fmt: skip
-        timings["produce -> tag events"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    proc = run_client({"products.json": products(n)}, "--timeout-s", str(CLIENT_S - 30))
+    timings["produce -> tag events"] = time.monotonic() - t0
     try:
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError) as exc:
@@ -230,7 +241,7 @@ def smoke(compose: list[str], n: int, timings: dict[str, float]) -> None:
     sample = summary["sample"] or {}
     say(f"sample: {sample.get('product_id')}: {[t['tag'] for t in sample.get('tags', [])][:4]}")
 
-    code, text = http_get("worker", "/metrics")
+    code, text = http_get("worker", "/metrics", port)
     if code != 200:
         raise SmokeError(f"worker: /metrics answered {code}")
     consumed, produced = metric(text, "tagger_consumed_total"), metric(text, "tagger_produced_total")
@@ -247,15 +258,26 @@ def smoke(compose: list[str], n: int, timings: dict[str, float]) -> None:
         )
     say(f"worker: {len(lines)} log lines, all JSON")
 
+    # SIGTERM while a burst is being tagged: the drain must finish what was consumed, then exit 0.
+    proc = run_client({"products.json": products(burst, skip=n, prefix="burst")}, "--produce-only")
+    if proc.returncode != 0:
+        raise SmokeError(f"smoke client: producing the burst failed:\n{proc.stderr[-2000:]}")
     grace = _grace_seconds()
     t0 = time.monotonic()
     sh(["podman", "stop", "-t", str(grace), worker], timeout=grace + 30, what="stop worker")
     timings["SIGTERM -> exit"] = time.monotonic() - t0
     code = state("worker").get("ExitCode")
-    last = logs_tail("worker", 3)
-    if code != 0 or "worker stopped" not in last:
+    last = logs_tail("worker", 5)
+    done = re.search(r"worker stopped in [0-9.]+ s: consumed (\d+), tagged (\d+) .*dead-lettered (\d+)", last)
+    if code != 0 or done is None or timings["SIGTERM -> exit"] >= grace:
         raise SmokeError(f"worker: SIGTERM should drain and exit 0 within {grace} s; exit {code}, log:\n{last}")
-    say(f"worker: SIGTERM -> drained and exited 0 in {timings['SIGTERM -> exit']:.1f} s (grace {grace} s)")
+    consumed, tagged, dead = (int(g) for g in done.groups())
+    if consumed != tagged + dead:
+        raise SmokeError(f"worker: drain left work behind: consumed {consumed}, tagged {tagged}, dead {dead}")
+    say(
+        f"worker: SIGTERM during a {burst}-event burst -> drained (consumed {consumed} = tagged {tagged} + "
+        f"dead-lettered {dead}) and exited 0 in {timings['SIGTERM -> exit']:.1f} s (grace {grace} s)"
+    )
 
 
 def _is_json_object(line: str) -> bool:
@@ -276,6 +298,7 @@ def _grace_seconds() -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="make compose-smoke", description=__doc__.splitlines()[0])
     p.add_argument("--products", type=int, default=200, help="real titles to produce (default 200)")
+    p.add_argument("--burst", type=int, default=2000, help="events in flight when SIGTERM arrives (default 2000)")
     p.add_argument("--keep", action="store_true", help="leave the stack up for inspection (tear down by hand)")
     args = p.parse_args(argv)
     missing = [
@@ -293,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         compose = podman_compose()
         sh([*compose, "down", "-v"], check=False, timeout=180)  # leftovers of an interrupted run
-        smoke(compose, args.products, timings)
+        smoke(compose, args.products, args.burst, timings)
     except (SmokeError, ImageError) as exc:
         print(f"make compose-smoke: FAILED: {exc}", file=sys.stderr)
         return 1
