@@ -151,20 +151,21 @@ def ensure_base_image(name: str = BASE_IMAGE) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 
-def host_pip_config(python: str = sys.executable) -> dict[str, str]:
-    """The effective pip options of this machine: config files and PIP_* variables, env winning.
-
-    `pip config list` prints `scope.key='value'`, files first (global, user, site) then `:env:`.
-    """
-    proc = subprocess.run([python, "-m", "pip", "config", "list"], text=True, capture_output=True, check=False)
+def parse_pip_config_list(text: str) -> dict[str, str]:
+    """Options from `pip config list` output (`scope.key='value'` lines: files first, then `:env:`),
+    later lines winning, as pip lets PIP_* variables override its files."""
     options: dict[str, str] = {}
-    if proc.returncode != 0:
-        return options
-    for line in proc.stdout.splitlines():
+    for line in text.splitlines():
         match = re.fullmatch(r"([^.]*)\.([A-Za-z0-9_-]+)='(.*)'", line.strip())
         if match and match.group(1) in ("global", "install", ":env:"):
             options[match.group(2)] = match.group(3)
     return options
+
+
+def host_pip_config(python: str = sys.executable) -> dict[str, str]:
+    """The effective pip options of this machine: config files and PIP_* variables."""
+    proc = subprocess.run([python, "-m", "pip", "config", "list"], text=True, capture_output=True, check=False)
+    return parse_pip_config_list(proc.stdout) if proc.returncode == 0 else {}
 
 
 def local_paths(options: dict[str, str]) -> list[Path]:

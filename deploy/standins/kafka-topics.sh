@@ -33,12 +33,12 @@ def tansu(*args: str) -> subprocess.CompletedProcess:
     """Run a tansu CLI command, retrying transient failures."""
     for _ in range(ATTEMPTS - 1):
         proc = subprocess.run(["tansu", *args], capture_output=True, text=True)
-        if proc.returncode == 0 or "already exists" in proc.stderr:
+        if proc.returncode == 0 or "already exists" in proc.stdout + proc.stderr:
             break
         time.sleep(1)
     else:
         proc = subprocess.run(["tansu", *args], capture_output=True, text=True)
-    sys.stderr.write(proc.stderr if proc.returncode else "")
+    sys.stderr.write((proc.stdout + proc.stderr) if proc.returncode else "")
     return proc
 
 
