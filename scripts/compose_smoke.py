@@ -19,6 +19,7 @@ Each step is driven explicitly, with its own deadline and a failure message nami
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import shutil
@@ -193,7 +194,7 @@ def smoke(compose: list[str], n: int, burst: int, timings: dict[str, float]) -> 
     say("kafka (Tansu stand-in) and redis (Debian redis-server stand-in): starting")
     sh([*compose, "up", "-d", "--no-deps", "kafka", "redis"], what="start kafka and redis")
     for service in ("kafka", "redis"):
-        wait_for("healthy (its compose health check)", lambda s=service: healthy(s), HEALTHY_S, service)
+        wait_for("healthy (its compose health check)", functools.partial(healthy, service), HEALTHY_S, service)
     say("kafka-init: creating topics")
     timings["kafka-init"] = run_to_completion(compose, "kafka-init", INIT_S)
     topics = logs_tail("kafka-init")
@@ -266,11 +267,11 @@ def smoke(compose: list[str], n: int, burst: int, timings: dict[str, float]) -> 
     t0 = time.monotonic()
     sh(["podman", "stop", "-t", str(grace), worker], timeout=grace + 30, what="stop worker")
     timings["SIGTERM -> exit"] = time.monotonic() - t0
-    code = state("worker").get("ExitCode")
+    exit_code = state("worker").get("ExitCode")
     last = logs_tail("worker", 5)
     done = re.search(r"worker stopped in [0-9.]+ s: consumed (\d+), tagged (\d+) .*dead-lettered (\d+)", last)
-    if code != 0 or done is None or timings["SIGTERM -> exit"] >= grace:
-        raise SmokeError(f"worker: SIGTERM should drain and exit 0 within {grace} s; exit {code}, log:\n{last}")
+    if exit_code != 0 or done is None or timings["SIGTERM -> exit"] >= grace:
+        raise SmokeError(f"worker: SIGTERM should drain and exit 0 within {grace} s; exit {exit_code}, log:\n{last}")
     consumed, tagged, dead = (int(g) for g in done.groups())
     if consumed != tagged + dead:
         raise SmokeError(f"worker: drain left work behind: consumed {consumed}, tagged {tagged}, dead {dead}")
