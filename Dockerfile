@@ -74,7 +74,8 @@ ENV HOME=/tmp \
     TAGGER_HTTP__PORT=8080
 USER 10001:10001
 EXPOSE 8080
+# Shell form on purpose: the probe follows TAGGER_HTTP__PORT when a deployment changes it.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/livez', timeout=2).status == 200 else 1)"]
+  CMD python -c "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:${TAGGER_HTTP__PORT:-8080}/livez', timeout=2).status == 200 else 1)"
 ENTRYPOINT ["tagger"]
 CMD ["worker"]

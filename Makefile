@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench lint docs quality quality-quick
+.PHONY: setup demo test test-all bench lint docs quality quality-quick images compose-smoke
 
 setup: $(SETUP)
 
@@ -49,3 +49,10 @@ lint: $(SETUP)
 
 docs: $(SETUP)
 	$(PY) -m scripts.gen_docs
+
+# Container images with podman (installed if missing; see README "Containers"). Not part of `make test`.
+images:
+	$(PYTHON) -m scripts.images
+
+compose-smoke: $(SETUP)
+	$(PY) -m scripts.compose_smoke

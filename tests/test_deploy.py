@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 CRD_SCHEMAS = K8S / "crd-schemas"
 COMPOSE = REPO / "docker-compose.yml"
+COMPOSE_LOCAL = REPO / "deploy" / "compose.local.yml"  # registry-free stand-ins (make compose-smoke)
 DOCKERFILE = REPO / "Dockerfile"
 K8S_VERSION = latest_version()  # newest schema set bundled with kubernetes-validate
 
@@ -45,6 +46,24 @@ ENV_NAME = re.compile(r"\bTAGGER_[A-Z0-9_]+\b")
 def _load_docs(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
         return [d for d in yaml.safe_load_all(f) if d]
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's merge tags: `!reset` (drop the base value) and `!override` (replace, not merge)."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: [] if isinstance(node, yaml.SequenceNode) else None)
+_ComposeLoader.add_constructor(
+    "!override",
+    lambda loader, node: (
+        loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node)
+    ),
+)
+
+
+def _load_compose(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
+        return yaml.load(f, Loader=_ComposeLoader)  # a SafeLoader subclass
 
 
 def _manifest_files() -> list[Path]:
@@ -83,6 +102,11 @@ def compose() -> dict[str, Any]:
     docs = _load_docs(COMPOSE)
     assert len(docs) == 1
     return docs[0]
+
+
+@pytest.fixture(scope="module")
+def compose_local() -> dict[str, Any]:
+    return _load_compose(COMPOSE_LOCAL)
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +252,44 @@ def test_compose_schema_rejects_broken_file(compose: dict, compose_validator: An
     assert not compose_validator.is_valid(broken)
 
 
+def test_compose_local_override_validates(compose_local: dict, compose_validator: Any) -> None:
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in compose_validator.iter_errors(compose_local)
+    ]
+    assert errors == []
+
+
+def test_compose_local_override_only_swaps_registry_images(compose: dict, compose_local: dict) -> None:
+    from scripts.podman import EXPORTER_IMAGE, KAFKA_STANDIN_IMAGE, REDIS_STANDIN_IMAGE, WORKER_IMAGE
+
+    local = compose_local["services"]
+    assert set(local) <= set(compose["services"]), "the override may only adjust services of docker-compose.yml"
+    # registry-only images -> the stand-ins `make images` builds; ours -> the tags it builds
+    assert local["kafka"]["image"] == local["kafka-init"]["image"] == KAFKA_STANDIN_IMAGE
+    assert local["redis"]["image"] == REDIS_STANDIN_IMAGE
+    assert local["worker"]["image"] == WORKER_IMAGE and local["exporter"]["image"] == EXPORTER_IMAGE
+    # the production commands and health checks of kafka, kafka-init and redis run unchanged on the stand-ins
+    for name in ("kafka", "kafka-init", "redis"):
+        assert not {"command", "entrypoint", "healthcheck"} & set(local[name]), name
+    # no host ports (the host may already run Redis on 6379); Prometheus is not started by default
+    for name, svc in compose["services"].items():
+        if "ports" in svc:
+            assert local.get(name, {}).get("ports") == [], f"{name} still publishes {svc['ports']}"
+    assert local["prometheus"]["profiles"] == ["prometheus"]
+    # the smoke's exporter trains briefly but still exports the int8 model the worker serves
+    script = " ".join(local["exporter"]["command"])
+    assert "tagger train --data /tmp/smoke-train.jsonl --out /models/run --max-steps" in script
+    assert "tagger export --checkpoint /models/run --out /models/current --int8" in script
+
+
+def test_compose_worker_healthcheck_follows_the_port_setting(compose: dict) -> None:
+    for name in ("worker", "worker-gpu"):
+        kind, probe = compose["services"][name]["healthcheck"]["test"]
+        # shell form, so the container's TAGGER_HTTP__PORT is expanded ($$ is compose's escape for $)
+        assert kind == "CMD-SHELL"
+        assert "http://127.0.0.1:$${TAGGER_HTTP__PORT:-8080}/livez" in probe
+
+
 def test_compose_worker_hardening_and_dependencies(compose: dict) -> None:
     services = compose["services"]
     assert {"kafka", "kafka-init", "redis", "exporter", "worker", "worker-gpu", "prometheus"} <= set(services)
@@ -277,7 +339,7 @@ SETTINGS = {row[0] for row in iter_fields()}
 
 @pytest.mark.parametrize(
     "path",
-    [COMPOSE, DOCKERFILE, *sorted(K8S.glob("*.yaml"))],
+    [COMPOSE, COMPOSE_LOCAL, DOCKERFILE, *sorted(K8S.glob("*.yaml"))],
     ids=lambda p: str(p.relative_to(REPO)),
 )
 def test_tagger_env_names_exist_in_settings(path: Path) -> None:
@@ -345,6 +407,9 @@ def test_kustomization_lists_every_manifest() -> None:
 # ------------------------------------------------------------------------------------------------
 
 DRAIN_MARGIN_S = 5
+# After the drain the worker closes the consumer (leave the group) and the producer with fixed
+# timeouts of 5 s each (worker/pipeline.py, Worker._shutdown): the grace period must cover them too.
+CLOSE_BUDGET_S = 5 + 5
 
 
 def _drain_default() -> float:
@@ -352,10 +417,13 @@ def _drain_default() -> float:
     return float(row[2])
 
 
+def _k8s_grace() -> int:
+    return int(_one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+
+
 def test_termination_grace_exceeds_drain_timeout() -> None:
     drain = float(_one("ConfigMap")["data"].get("TAGGER_SHUTDOWN__DRAIN_TIMEOUT_S", _drain_default()))
-    grace = _one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > drain + DRAIN_MARGIN_S
+    assert _k8s_grace() > drain + CLOSE_BUDGET_S + DRAIN_MARGIN_S
 
 
 def test_compose_stop_grace_exceeds_drain_timeout(compose: dict) -> None:
@@ -363,7 +431,10 @@ def test_compose_stop_grace_exceeds_drain_timeout(compose: dict) -> None:
         svc = compose["services"][name]
         drain = float(svc["environment"].get("TAGGER_SHUTDOWN__DRAIN_TIMEOUT_S", _drain_default()))
         match = re.fullmatch(r"(\d+)s", svc["stop_grace_period"])
-        assert match and int(match.group(1)) > drain + DRAIN_MARGIN_S
+        assert match and int(match.group(1)) > drain + CLOSE_BUDGET_S + DRAIN_MARGIN_S
+        # one drain budget everywhere: compose and Kubernetes give the worker the same grace
+        assert int(match.group(1)) == _k8s_grace()
+        assert drain == float(_one("ConfigMap")["data"]["TAGGER_SHUTDOWN__DRAIN_TIMEOUT_S"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -505,7 +576,10 @@ def test_dockerfile_worker_stage_is_lean_and_default() -> None:
     assert re.search(r"^USER 10001", joined, re.M)
     assert 'ENTRYPOINT ["tagger"]' in joined and 'CMD ["worker"]' in joined
     assert re.search(r"^EXPOSE 8080$", joined, re.M)
-    assert re.search(r"^HEALTHCHECK .*urllib.*127\.0\.0\.1:8080/livez", joined, re.M)
+    # shell form (not an exec array), so the probe follows TAGGER_HTTP__PORT
+    assert re.search(
+        r"^HEALTHCHECK .* CMD python .*urllib.*127\.0\.0\.1:\$\{TAGGER_HTTP__PORT:-8080\}/livez", joined, re.M
+    )
     assert re.search(r"HOME=/tmp", joined)
 
 

@@ -41,8 +41,9 @@ def _wait_http(port: int, path: str, timeout_s: float = 60) -> dict:
         return json.loads(resp.read())
 
 
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_sigkill_mid_stream_loses_nothing(
-    broker: str, redis_url: str, tiny_model: Path, unique: str, tmp_path: Path
+    broker: str, redis_url: str, tiny_model: Path, unique: str, tmp_path: Path, client: str
 ) -> None:
     create_topics(broker, {f"in-{unique}": 4, f"out-{unique}": 4, f"dlq-{unique}": 1})
     rows = make_rows(3000, seed=11)
@@ -51,7 +52,13 @@ def test_sigkill_mid_stream_loses_nothing(
     random.Random(1).shuffle(stream)
     port = free_port()
     env = worker_env(
-        broker, redis_url, tiny_model, unique, TAGGER_HTTP__PORT=str(port), TAGGER_BATCHING__MAX_ITEMS="32"
+        broker,
+        redis_url,
+        tiny_model,
+        unique,
+        TAGGER_HTTP__PORT=str(port),
+        TAGGER_BATCHING__MAX_ITEMS="32",
+        TAGGER_KAFKA__CLIENT=client,
     )
     log = tmp_path / "worker.log"
     worker = start_worker(env, log)
@@ -136,7 +143,10 @@ def test_check_flag_reports_missing_gpu(tiny_model: Path) -> None:
     assert proc.returncode == 0 and "CPUExecutionProvider" in proc.stdout
 
 
-def test_unreachable_kafka_is_retried_not_fatal(redis_url: str, tiny_model: Path, unique: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_unreachable_kafka_is_retried_not_fatal(
+    redis_url: str, tiny_model: Path, unique: str, tmp_path: Path, client: str
+) -> None:
     """The worker starts before its broker exists: alive, not ready, retrying; then it catches up."""
     from scripts.local_services import start_tansu
 
@@ -150,6 +160,7 @@ def test_unreachable_kafka_is_retried_not_fatal(redis_url: str, tiny_model: Path
         TAGGER_HTTP__PORT=str(http_port),
         TAGGER_KAFKA__BOOTSTRAP_TIMEOUT_S="1",
         TAGGER_KAFKA__RETRY_BACKOFF_MAX_S="1",
+        TAGGER_KAFKA__CLIENT=client,
     )
     worker = start_worker(env, tmp_path / "worker.log")
     broker = None

@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"ok: model {engine.model_version} on {engine.provider}")
         return 0
 
+    from worker import kafka_confluent, kafka_io
     from worker.cache import Cache, NoCache, RedisCache
     from worker.clock import Abort, RealClock
     from worker.health import Health, serve
-    from worker.kafka_io import KafkaPublisher, connect_consumer
     from worker.loop import Loop, RunBatch
     from worker.metrics import Metrics
     from worker.outputs import BuildMessages
@@ -94,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     k = settings.kafka
-    publisher = KafkaPublisher(k)
+    # Two transports behind the same Protocols (worker/transport.py); README: which to pick when.
+    confluent = k.client == "confluent"
+    publisher = kafka_confluent.ConfluentPublisher(k) if confluent else kafka_io.KafkaPublisher(k)
+    connect = kafka_confluent.connect_consumer if confluent else kafka_io.connect_consumer
     run_batch = RunBatch(
         TagBatch(engine, cache, settings.redis.key_prefix, metrics),
         BuildMessages(k, engine.model_version),
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         metrics,
     )
     loop = Loop(
-        lambda: connect_consumer(k),
+        lambda: connect(k),
         k,
         settings.batching,
         settings.shutdown,
