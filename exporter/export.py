@@ -43,7 +43,13 @@ class ExportValidationError(Exception):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help="run directory written by `tagger train`")
     p.add_argument("--out", required=True, type=Path, help="model directory to write")
-    p.add_argument("--int8", action="store_true", help="also write a dynamically quantized model.int8.onnx")
+    p.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write a dynamically quantized model.int8.onnx (default: yes; the worker and `predict` serve "
+        "it on CPU when present; --no-int8 to skip)",
+    )
     p.add_argument("--atol", type=float, default=ATOL, help=f"max |torch - onnx| logit difference ({ATOL})")
     p.add_argument("--parity-items", type=int, default=256, help="validation items compared (default 256)")
 

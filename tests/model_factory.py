@@ -111,5 +111,5 @@ def build_tiny_artifact(work: Path, *, steps: int = 40, int8: bool = True) -> Pa
     run_dir, model_dir = work / "run", work / "model"
     train.train(train_args(data, run_dir, base, "--max-steps", str(steps)))
     argv = ["--checkpoint", str(run_dir), "--out", str(model_dir), "--parity-items", "64"]
-    export.export(cli_args(export, argv + (["--int8"] if int8 else [])))
+    export.export(cli_args(export, argv + (["--int8"] if int8 else ["--no-int8"])))
     return model_dir

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from schemas.training import TrainingRow, load_rows
+from worker.artifact import load_manifest
 from worker.contract import compose_text
 from worker.engine import Tag, TagEngine
 
@@ -18,7 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="model directory from `tagger export`")
     p.add_argument("--input", required=True, type=Path, help="JSONL with id, title, description?")
     p.add_argument("--output", required=True, type=Path, help="JSONL of {id, tags: [{tag, score}]}")
-    p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument(
+        "--int8", dest="int8", action="store_true", default=None, help="use model.int8.onnx (default on CPU if present)"
+    )
+    precision.add_argument("--fp32", dest="int8", action="store_false", help="use model.onnx")
     p.add_argument("--batch-size", type=int, default=256, help="items tokenized and scored together")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime provider")
 
@@ -31,7 +36,11 @@ def predict_rows(engine: TagEngine, rows: list[TrainingRow], batch_size: int) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    engine = TagEngine(args.model, provider=args.provider, int8=args.int8)
+    # Same rule as the worker (ModelSettings.serve_int8): int8 on CPU when the artifact has it.
+    int8 = args.int8
+    if int8 is None:
+        int8 = args.provider == "cpu" and "model.int8.onnx" in load_manifest(args.model, verify=False).files
+    engine = TagEngine(args.model, provider=args.provider, int8=int8)
     # Rows without tags are fine here: the same loader validates ids and titles.
     loaded = load_rows(args.input)
     if loaded.errors:
