@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench lint docs
+.PHONY: setup demo test test-all bench lint docs chaos
 
 setup: $(SETUP)
 
@@ -34,6 +34,10 @@ test-all: $(SETUP)
 
 bench: $(SETUP)
 	$(PY) -m bench.run
+
+# The fault suite (about 20 minutes; `$(PY) -m bench.chaos --quick` for a short subset).
+chaos: $(SETUP)
+	$(PY) -m bench.chaos
 
 lint: $(SETUP)
 	$(VENV)/bin/ruff check schemas exporter worker tests bench scripts

@@ -64,7 +64,9 @@ def fmt(x: Any) -> str:
 
 
 def render(results: Sequence[Result]) -> str:
-    head = "| scenario | sent | tagged | dead-lettered | lost | dup_diff_id | recovery s | final lag | crashes | result |"
+    head = (
+        "| scenario | sent | tagged | dead-lettered | lost | dup_diff_id | recovery s | final lag | crashes | result |"
+    )
     rows = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         s = r.summary()

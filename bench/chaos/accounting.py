@@ -81,21 +81,21 @@ def tally(
     sent_pos = {(s.partition, s.offset) for s in sent}
     for s in sent:
         pos = (s.partition, s.offset)
-        t, d = tags_by_pos.get(pos, []), dead_by_pos.get(pos, [])
-        if t:
+        tagged, dead_letters = tags_by_pos.get(pos, []), dead_by_pos.get(pos, [])
+        if tagged:
             out.tagged += 1
-            out.duplicates += len(t) - 1
+            out.duplicates += len(tagged) - 1
             if not s.good:
                 out.bad_tagged += 1
-        if d:
+        if dead_letters:
             out.dead_lettered += 1
-            reason = d[0].reason
+            reason = dead_letters[0].reason
             reasons[reason] += 1
-            if not all(x.reason for x in d):
+            if not all(x.reason for x in dead_letters):
                 out.dead_without_reason += 1
             if s.good and expected_dead.get(pos) != reason:
                 out.good_dead_lettered += 1
-        if not t and not d:
+        if not tagged and not dead_letters:
             out.lost += 1
             if len(out.lost_sample) < 10:
                 out.lost_sample.append(pos)

@@ -241,7 +241,8 @@ class Fleet:
             )
         slot.started_at = time.monotonic()
 
-    def start(self, name: str, **extra_env: str) -> WorkerSlot:
+    def configure(self, name: str, **extra_env: str) -> WorkerSlot:
+        """Create the replica's slot (its env, log and HTTP port) without starting it."""
         with self._lock:
             slot = self.slots.get(name)
             if slot is None:
@@ -250,18 +251,24 @@ class Fleet:
                 env.update(
                     {"TAGGER_KAFKA__CLIENT_ID": f"{WORKER_CLIENT_PREFIX}-{name}", "TAGGER_HTTP__PORT": str(port)}
                 )
-                env.update(extra_env)
                 slot = WorkerSlot(name, env, self.logdir / f"worker-{name}.log", port)
                 self.slots[name] = slot
+            slot.env.update(extra_env)
+            return slot
+
+    def start(self, name: str, **extra_env: str) -> WorkerSlot:
+        slot = self.configure(name, **extra_env)
+        with self._lock:
             slot.wanted = True
             if slot.proc is None or slot.proc.poll() is not None:
                 self._spawn(slot)
             return slot
 
-    def kill(self, name: str) -> None:
-        """SIGKILL and start a replacement at once (what a Deployment does; not a crash)."""
+    def kill(self, name: str, restart: bool = True) -> None:
+        """SIGKILL; with `restart`, start a replacement at once (what a Deployment does; not a crash)."""
         with self._lock:
             slot = self.slots[name]
+            slot.wanted = slot.wanted and restart
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.kill()
                 slot.proc.wait(timeout=30)

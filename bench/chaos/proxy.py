@@ -22,9 +22,10 @@ import contextlib
 import logging
 import struct
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,8 @@ class FaultProxy:
             self._thread.join(timeout=5)
         self._loop.close()
 
-    def _call(self, coro: object) -> None:
-        fut: Future[None] = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        fut: Future[None] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         fut.result(timeout=10)
 
     # -- event loop side ----------------------------------------------------------------------
@@ -157,7 +158,9 @@ class FaultProxy:
             conn.close()
             self._conns.discard(conn)
 
-    async def _pump(self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: bytes) -> None:
+    async def _pump(
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: bytes
+    ) -> None:
         assert self._flowing is not None
         try:
             while True:
