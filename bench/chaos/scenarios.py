@@ -233,8 +233,8 @@ def rebalance_storm(run: Run) -> Result:
     for name in ("w1", "w2", "w3"):
         run.fleet.configure(name, **STORM_WORKER_ENV)
     run.start_workers("w1")
-    run.stream.start(run.cfg.rate)
-    flood = 400 if run.cfg is QUICK else 800
+    run.stream.start(run.cfg.rate / 2)  # the floods, not the stream, keep w1 backpressured
+    flood = 300 if run.cfg is QUICK else 400
     run.stream.send_good(flood)
     paused_seen = _wait_metric(run, "w1", "tagger_paused_partitions", timeout_s=30)
     joins_while_paused = 0
@@ -250,7 +250,7 @@ def rebalance_storm(run: Run) -> Result:
             else:
                 run.fleet.stop(leaver)
             time.sleep(run.rng.uniform(2, 6))
-        run.stream.send_good(flood // 4)  # pile up again so w1 stays backpressured
+        run.stream.send_good(flood // 3)  # pile up again so w1 is backpressured at the next join
     checks = {"backpressure_reached": paused_seen, "joined_while_backpressured": joins_while_paused > 0}
     return run.finish(run.recover(), checks, {"joins_while_paused": joins_while_paused})
 
