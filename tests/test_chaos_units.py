@@ -7,6 +7,7 @@ import json
 import random
 import re
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,27 @@ def test_parse_client_id_from_a_request_header() -> None:
     assert parse_client_id(frame[:20]) is None
     null = struct.pack(">ihhih", 10, 18, 3, 7, -1)
     assert parse_client_id(null) == ""
+
+
+def test_poisoned_artifact_fails_only_on_the_poison_token(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from bench.chaos.model import POISON_WORD, poisoned_artifact
+    from worker.artifact import load_manifest
+    from worker.engine import TagEngine
+
+    src = tmp_path / "model"
+    shutil.copytree(tiny_model, src)
+    poisoned = poisoned_artifact(src)
+    assert load_manifest(poisoned, verify=True).model_version != load_manifest(src).model_version
+
+    def engine(path: Path) -> TagEngine:
+        return TagEngine(path, provider="cpu", allow_cpu_fallback=False, int8=False, intra_op_threads=1,
+                         verify=True, max_items=64, max_tokens=8192)  # fmt: skip
+
+    texts = ["Nike blue running shoes", "Alisha red cotton shirt", "Sony black laptop"]
+    good, bad = engine(src), engine(poisoned)
+    assert bad.tag_texts(texts) == good.tag_texts(texts)  # the guard adds exactly 0 without the token
+    with pytest.raises(Exception, match="out of data bounds"):
+        bad.tag_texts([texts[0], f"Nike {POISON_WORD} shoes"])
+    assert good.tag_texts([f"Nike {POISON_WORD} shoes"])  # the real model has no trouble with it

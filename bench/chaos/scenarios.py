@@ -31,15 +31,11 @@ from bench.chaos.harness import (
     proc_fds,
     proc_rss_kb,
 )
+from bench.chaos.model import POISON_WORD, poisoned_artifact
 from bench.chaos.proxy import Mode
 
 log = logging.getLogger(__name__)
 
-# A test-only hook the worker does not have yet (proposed in issue 11's report): when this
-# setting names a marker, inference of any batch containing a text with it raises. Unknown
-# top-level TAGGER_ sections are ignored by the settings loader, so an old worker simply tags
-# the poison item and the scenario reports that the failure was never provoked.
-POISON_ENV = "TAGGER_TESTING__FAIL_INFERENCE_ON"
 INFERENCE_FAILED = "inference_failed"
 
 
@@ -101,7 +97,7 @@ class Run:
 
     def __init__(self, stack: Stack, cfg: Config, name: str, model: Path, worker_root: Path, base_env: dict[str, str],
                  logdir: Path, rng: random.Random, pool: list[dict[str, str]], **worker_env: str) -> None:  # fmt: skip
-        self.stack, self.cfg, self.name, self.rng = stack, cfg, name, rng
+        self.stack, self.cfg, self.name, self.rng, self.model = stack, cfg, name, rng, model
         sfx = f"{name}-{uuid.uuid4().hex[:6]}"
         self.in_topic, self.out_topic, self.dlq_topic = f"in-{sfx}", f"out-{sfx}", f"dlq-{sfx}"
         self.group, self.prefix = f"g-{sfx}", f"chaos-{sfx}:"
@@ -407,27 +403,25 @@ def sigterm_frozen_broker(run: Run) -> Result:
 
 def inference_failure(run: Run) -> Result:
     """One poison item among good ones in the same batch: it alone is dead-lettered
-    (`inference_failed`); its batch-mates are tagged; the worker keeps running."""
-    marker = f"CHAOSPOISON{uuid.uuid4().hex[:8]}"
-    run.fleet.start("w1", **{POISON_ENV: marker})
+    (`inference_failed`), its batch-mates are tagged, the worker keeps running. The worker serves
+    a copy of the model whose graph raises on the token `poison` (see `model.poisoned_artifact`)."""
+    model = poisoned_artifact(run.model)
+    run.fleet.start("w1", TAGGER_MODEL__PATH=str(model))
     run.fleet.wait_ready(["w1"])
     run.stream.start(run.cfg.rate)
     time.sleep(3)
     run.stream.send_good(30)
-    poison = run.stream.send_good(1, title=f"Nike running shoes {marker}")[0]
+    poison = run.stream.send_good(1, title=f"Nike running shoes {POISON_WORD}")[0]
     run.stream.send_good(30)
     run.stream.flush()
     where = [(s.partition, s.offset) for s in run.stream.snapshot() if s.product_id == poison]
     time.sleep(5)
     recovery = run.recover()
-    return (
-        run.finish(
-            recovery,
-            extra={"poison": where[0] if where else None, "hook": POISON_ENV},
-            expected_dead={pos: INFERENCE_FAILED for pos in where},
-        )
-        if where
-        else run.finish(recovery, {"poison_sent": False})
+    return run.finish(
+        recovery,
+        {"poison_sent": bool(where)},
+        extra={"poison_at": where[0] if where else None, "model": model.name},
+        expected_dead={pos: INFERENCE_FAILED for pos in where},
     )
 
 
