@@ -21,7 +21,7 @@ def test_chaos_quick(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFix
     code = chaos.main(["--quick", "--model", str(tiny_model), "--logs", str(tmp_path / "logs")])
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
-    assert "| scenario | sent |" in out
+    assert "| scenario | sent | tagged |" in out
     assert set(result["scenarios"]) == set(QUICK_SET)
     for name, figures in result["scenarios"].items():
         for key in ("sent", "tagged", "dead_lettered", "lost", "dup_diff_id", "recovery_s"):

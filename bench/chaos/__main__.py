@@ -64,15 +64,15 @@ def fmt(x: Any) -> str:
 
 
 def render(results: Sequence[Result]) -> str:
-    head = (
-        "| scenario | sent | tagged | dead-lettered | lost | dup_diff_id | recovery s | final lag | crashes | result |"
-    )
+    columns = ["scenario", "sent", "tagged", "dead-lettered", "lost (committed)", "dup_diff_id", "recovery s"]
+    head = "| " + " | ".join([*columns, "final lag", "crashes", "result"]) + " |"
     rows = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         s = r.summary()
         verdict = "pass" if r.passed else "FAIL: " + ", ".join(s["failed_checks"])
-        cells = [r.name] + [fmt(s[k]) for k in ("sent", "tagged", "dead_lettered", "lost", "dup_diff_id",
-                                                  "recovery_s", "final_lag", "crashes")] + [verdict]  # fmt: skip
+        lost = f"{fmt(s['lost'])} ({fmt(s['lost_committed'])})"
+        cells = [r.name, fmt(s["sent"]), fmt(s["tagged"]), fmt(s["dead_lettered"]), lost]
+        cells += [fmt(s[k]) for k in ("dup_diff_id", "recovery_s", "final_lag", "crashes")] + [verdict]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

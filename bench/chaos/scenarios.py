@@ -71,6 +71,7 @@ class Result:
     checks: dict[str, bool] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    lost_committed: int = 0  # lost records below the committed offset: skipped, not just stuck
 
     @property
     def passed(self) -> bool:
@@ -83,6 +84,7 @@ class Result:
             "tagged": t.tagged,
             "dead_lettered": t.dead_lettered,
             "lost": t.lost,
+            "lost_committed": self.lost_committed,
             "dup_diff_id": t.dup_diff_id,
             "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 1),
             "final_lag": self.final_lag,
@@ -169,6 +171,8 @@ class Run:
                 break
             time.sleep(0.5)
         crashes = self.fleet.crashes()
+        # Of the lost, those below the committed offset are gone for good (the rest are stuck).
+        lost_committed = committed_unacknowledged(sent, self.offsets.committed(), self.collector.acknowledged())
         all_checks = {
             "lost_0": t.lost == 0,
             "dup_diff_id_0": t.dup_diff_id == 0,
@@ -186,7 +190,9 @@ class Run:
         info = {"reasons": t.reasons, "duplicates_same_id": t.duplicates, "lost_sample": t.lost_sample,
                 "send_failures": self.stream.failed, "unparseable_outputs": self.collector.unparseable}  # fmt: skip
         info.update(extra or {})
-        return Result(self.name, t, recovery_s, final_lag, crashes, all_checks, info, time.monotonic() - self.started)
+        result = Result(self.name, t, recovery_s, final_lag, crashes, all_checks, info, time.monotonic() - self.started)
+        result.lost_committed = lost_committed
+        return result
 
     def close(self) -> None:
         self.fleet.close()
@@ -499,4 +505,4 @@ SCENARIOS: dict[str, Scenario] = {
     "inference_failure": inference_failure,
     "soak": soak,
 }
-QUICK_SET = ("kill9", "redis_freeze", "broker_blackhole", "fuzz", "sigterm_frozen_broker")
+QUICK_SET = ("kill9", "redis_freeze", "broker_blackhole", "fuzz", "sigterm_frozen_broker", "inference_failure")
