@@ -53,11 +53,13 @@ class Config:
     final_wait_s: float = 90.0
     log_lines_per_20s: int = 1_000  # bound on a worker's log while the broker is away
     cpu_s_per_20s: float = 5.0
+    storm_flood: int = 400  # records that put w1 in backpressure at the start of the storm
+    soak_burst: int = 1_500  # records of the soak's capacity measurement
 
 
 QUICK = Config(
     fault_s=8.0, kills=3, storm_cycles=2, fuzz_events=300, soak_s=40.0, soak_ttl_s=10, rate=10.0,
-    recovery_limit_s=45.0, final_wait_s=45.0,
+    recovery_limit_s=45.0, final_wait_s=45.0, storm_flood=300, soak_burst=300,
 )  # fmt: skip
 
 
@@ -236,7 +238,7 @@ def rebalance_storm(run: Run) -> Result:
         run.fleet.configure(name, **STORM_WORKER_ENV)
     run.start_workers("w1")
     run.stream.start(run.cfg.rate / 2)  # the floods, not the stream, keep w1 backpressured
-    flood = 300 if run.cfg is QUICK else 400
+    flood = run.cfg.storm_flood
     run.stream.send_good(flood)
     paused_seen = _wait_metric(run, "w1", "tagger_paused_partitions", timeout_s=30)
     joins_while_paused = 0
@@ -439,7 +441,7 @@ def soak(run: Run) -> Result:
     run.stream.send_good(20)  # warm-up: the group join and the first inference are not capacity
     run.stream.flush()
     run.wait_caught_up(run.stream.end_offsets(), 120)
-    burst = 300 if run.cfg is QUICK else 1_500
+    burst = run.cfg.soak_burst
     t0 = time.monotonic()
     run.stream.send_good(burst)
     run.stream.flush()
