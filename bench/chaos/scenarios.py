@@ -58,7 +58,7 @@ class Config:
 
 
 QUICK = Config(
-    fault_s=8.0, kills=3, storm_cycles=2, fuzz_events=300, soak_s=40.0, soak_ttl_s=10, rate=10.0,
+    fault_s=10.0, kills=3, storm_cycles=2, fuzz_events=300, soak_s=40.0, soak_ttl_s=10, rate=10.0,
     recovery_limit_s=45.0, final_wait_s=45.0, storm_flood=300, soak_burst=300,
 )  # fmt: skip
 
@@ -329,7 +329,8 @@ def _broker_fault(run: Run, mode: Mode) -> Result:
     try:
         while time.monotonic() - t0 < run.cfg.fault_s:
             time.sleep(1)
-            if time.monotonic() - t0 > min(15, run.cfg.fault_s / 2) and not run.fleet.ready("w1"):
+            # Any sample counts: noticing a silent broker takes up to a session timeout (6 s here).
+            if not run.fleet.ready("w1"):
                 unready += 1
     finally:
         lines1, cpu1 = run.fleet.log_lines("w1"), proc_cpu_s(pid) or 0.0
