@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench lint docs quality quality-quick images compose-smoke
+.PHONY: setup demo test test-all bench lint docs quality quality-quick images compose-smoke chaos
 
 setup: $(SETUP)
 
@@ -42,6 +42,10 @@ quality: $(SETUP)
 
 quality-quick: $(SETUP)
 	$(PY) -m exporter.quality --quick
+
+# The fault suite (about 20 minutes; `$(PY) -m bench.chaos --quick` for a short subset).
+chaos: $(SETUP)
+	$(PY) -m bench.chaos
 
 lint: $(SETUP)
 	$(VENV)/bin/ruff check schemas exporter worker tests bench scripts
