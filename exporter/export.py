@@ -27,7 +27,7 @@ from schemas.training import load_rows
 from worker.artifact import write_manifest
 from worker.contract import Manifest, RunMeta, compose_text, fuse, run_bucketed, sigmoid
 from worker.engine import TagEngine
-from worker.lexical import NeighbourIndex
+from worker.lexical import LexicalChannel
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
         src = args.checkpoint / "encoder" / name
         if src.is_file():
             shutil.copy(src, out / name)
-    lexical = NeighbourIndex.load(args.checkpoint) if decisions.lexical else None
+    lexical = LexicalChannel.load(args.checkpoint) if decisions.lexical else None
     if lexical is not None:
         lexical.save(out)
     int8_path = out / "model.int8.onnx"

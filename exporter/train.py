@@ -31,8 +31,9 @@ from worker.contract import (
     pad_batch,
     sigmoid,
     single_valued_slots,
+    slot_of,
 )
-from worker.lexical import NeighbourIndex
+from worker.lexical import LexicalChannel
 from worker.spans import IGNORE, _is_cjk, align, bio_labels, extract, find_span, known_spellings, merge, n_classes
 
 log = logging.getLogger(__name__)
@@ -260,11 +261,15 @@ def train(args: argparse.Namespace) -> RunMeta:
     if args.lexical:
         t = time.monotonic()
         index = {label: i for i, label in enumerate(labels)}
-        lexical = NeighbourIndex.build(
-            train_texts, [[index[t] for t in r.tags if t in index] for r in train_rows], len(labels)
+        slots = set(single_slots)
+        lexical = LexicalChannel.build(
+            train_texts,
+            [[index[t] for t in r.tags if t in index] for r in train_rows],
+            labels,
+            np.array([slot_of(label) in slots for label in labels]),
         )
         lexical_val = lexical.scores(val_texts)
-        log.info("lexical channel: %d features, built in %.0f s", len(lexical.featurizer), time.monotonic() - t)
+        log.info("lexical channel: %d features, built in %.0f s", len(lexical.index.featurizer), time.monotonic() - t)
 
     train_bio = (
         [

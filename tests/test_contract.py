@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from exporter.data import split, title_key
 from schemas.training import TrainingRow
 from worker.contract import Decider, Decisions, Manifest, enforce_single, fuse, single_valued_slots, slot_of
-from worker.lexical import NeighbourIndex, char_features, normalise, word_features
+from worker.lexical import Gazetteer, LexicalChannel, NeighbourIndex, char_features, normalise, word_features
 
 
 def row(i: int, title: str) -> TrainingRow:
@@ -71,6 +71,28 @@ def test_neighbour_index_finds_cosine_neighbours_and_round_trips(tmp_path: Path)
     assert not scores[2].any()  # no shared feature: no neighbour, no score
     index.save(tmp_path)
     np.testing.assert_allclose(NeighbourIndex.load(tmp_path).scores(queries), scores, atol=1e-6)
+
+
+def test_gazetteer_names_known_values_and_scores_their_training_precision(tmp_path: Path) -> None:
+    labels = ["brand:Nike", "brand:Air Jordan", "brand:华为/Huawei", "use:gym"]
+    texts = ["Nike running shoes", "Nike shirt", "air jordan 1 retro", "华为手机 Mate", "Huawei P30", "nike gym bag"]
+    tags = [[0], [], [1], [2], [2], [0, 3]]
+    g = Gazetteer.build(labels, texts, tags)
+    assert g.named("AIR JORDAN sneakers") == {1} and g.named("华为Mate60手机") == {2} and g.named("Nikes") == set()
+    # Nike is named in 3 training texts, 2 of them tagged: (2 + 0.5) / (3 + 1)
+    assert g.precision[0] == pytest.approx(2.5 / 4)
+    single = np.array([True, True, True, False])
+    channel = LexicalChannel.build(texts, tags, labels, single)
+    s = channel.scores(["Nike gym shoes"])
+    knn = channel.index.scores(["Nike gym shoes"])
+    assert s[0, 0] == pytest.approx(0.5 * (knn[0, 0] + g.precision[0]))  # single slot: averaged
+    assert s[0, 3] == pytest.approx(knn[0, 3])  # multi-valued facet: neighbours only
+    channel.save(tmp_path)
+    np.testing.assert_allclose(
+        LexicalChannel.load(tmp_path).scores(["Nike gym shoes", "华为 P30"]),
+        channel.scores(["Nike gym shoes", "华为 P30"]),
+        atol=1e-6,
+    )
 
 
 LABELS = ["category:A", "category:A > x", "category:B", "category:B > y", "brand:p", "brand:q", "use:gym", "use:run"]

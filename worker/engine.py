@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, load_manifest
 from worker.contract import Manifest, enforce_single, fuse, run_bucketed, sigmoid
-from worker.lexical import NeighbourIndex
+from worker.lexical import LexicalChannel
 from worker.spans import extract, known_spellings, merge
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class TagEngine:
         self.labels = decisions.labels
         self.decider = decisions.decider()
         self.encoder_weight = decisions.encoder_weight
-        self.lexical = NeighbourIndex.load(self.model_dir) if decisions.lexical else None
+        self.lexical = LexicalChannel.load(self.model_dir) if decisions.lexical else None
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.manifest.max_seq_len)
