@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 import threading
+from functools import partial
+from pathlib import Path
 
 from worker.artifact import ArtifactError, load_manifest
 from worker.engine import EngineError, TagEngine
@@ -24,10 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_engine(s: WorkerSettings) -> TagEngine:
-    has_int8 = "model.int8.onnx" in load_manifest(s.model.path, verify=False).files
+def build_engine(s: WorkerSettings, path: Path | None = None) -> TagEngine:
+    """The engine for the artifact at `path` (default the model setting's path)."""
+    path = path or s.model.path
+    has_int8 = "model.int8.onnx" in load_manifest(path, verify=False).files
     return TagEngine(
-        s.model.path,
+        path,
         provider=s.model.provider,
         allow_cpu_fallback=s.model.allow_cpu_fallback,
         int8=s.model.serve_int8(has_int8),
@@ -52,9 +56,15 @@ def run(args: argparse.Namespace) -> int:
     except (ArtifactError, EngineError) as exc:
         log.error("cannot start: %s", exc)
         return 2
-    log.info("model %s (%d labels) on %s", engine.model_version, len(engine.labels), engine.provider)
+    log.info(
+        "model %s (taxonomy %s, %d labels) on %s",
+        engine.model_version,
+        engine.taxonomy_version,
+        len(engine.labels),
+        engine.provider,
+    )
     if args.check:
-        print(f"ok: model {engine.model_version} on {engine.provider}")
+        print(f"ok: model {engine.model_version} (taxonomy {engine.taxonomy_version}) on {engine.provider}")
         return 0
 
     from worker import kafka_confluent, kafka_io
@@ -66,11 +76,19 @@ def run(args: argparse.Namespace) -> int:
     from worker.outputs import BuildMessages
     from worker.publish import Publish
     from worker.records import DecodeRecords, Tokenize
+    from worker.reload import ModelHolder, Watcher
     from worker.tagging import CacheLookup, TagBatch
 
     clock = RealClock()
     metrics = Metrics()
     health = Health()
+    models = ModelHolder(engine, metrics)
+    watcher = None
+    if settings.model.reload_interval_s > 0:
+        watcher = Watcher(
+            settings.model.path, models, partial(build_engine, settings), settings.model.reload_interval_s, metrics
+        )
+        watcher.start()
     stop, abort = threading.Event(), Abort(clock)
     cache: Cache = NoCache()
     if settings.redis.enabled:
@@ -99,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
     publisher = kafka_confluent.ConfluentPublisher(k) if confluent else kafka_io.KafkaPublisher(k)
     connect = kafka_confluent.connect_consumer if confluent else kafka_io.connect_consumer
     run_batch = RunBatch(
-        TagBatch(engine, cache, settings.redis.key_prefix, metrics),
-        BuildMessages(k, engine.model_version),
+        TagBatch(models, cache, settings.redis.key_prefix, metrics),
+        BuildMessages(k, models),
         Publish(publisher, k, metrics, health, abort, clock),
         metrics,
     )
@@ -110,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
         settings.batching,
         settings.shutdown,
         DecodeRecords(settings.limits, metrics),
-        CacheLookup(cache, settings.redis.key_prefix, engine.model_version, metrics),
-        Tokenize(engine, metrics),
+        CacheLookup(cache, settings.redis.key_prefix, models, metrics),
+        Tokenize(models, metrics),
         run_batch,
         publisher,
         metrics,
@@ -119,8 +137,11 @@ def run(args: argparse.Namespace) -> int:
         stop,
         abort,
         clock,
+        models=models,
     )
     code = loop.run()
+    if watcher is not None:
+        watcher.close()
     if server is not None:
         server.shutdown()
     return code

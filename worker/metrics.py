@@ -58,6 +58,14 @@ class Metrics:
         self.paused = Gauge("tagger_paused_partitions", "Partitions paused by backpressure.", registry=r)
         self.ready = Gauge("tagger_ready", "1 when consuming normally.", registry=r)
         self.cache_degraded = Gauge("tagger_cache_degraded", "1 while Redis is unreachable.", registry=r)
+        # 1 for the model version serving as `role` (live, shadow); a replaced version's series is removed
+        self.model_info = Gauge("tagger_model_info", "Model version serving, by role.", ["version", "role"], registry=r)
+        # hot reloads that switched the live model (worker/reload.py)
+        self.model_reloads = Counter("tagger_model_reloads", "Model hot reloads that took effect.", registry=r)
+        # new artifacts refused (hash mismatch, half-written, cannot load); the old model keeps serving
+        self.model_reload_failures = Counter(
+            "tagger_model_reload_failures", "New model artifacts refused by hot reload.", registry=r
+        )
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

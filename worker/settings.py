@@ -97,7 +97,11 @@ class ModelSettings(_Section):
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core).")
     verify_hashes: bool = Field(True, description="Check every artifact file's sha256 against the manifest.")
-
+    reload_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="Check the model path (directory or symlink) for a new artifact this often; 0: no hot reload.",
+    )
 
     def serve_int8(self, artifact_has_int8: bool) -> bool:
         """int8 is ~2x faster on CPU at equal accuracy (README); on a GPU fp32/fp16 is the better fit."""
