@@ -31,6 +31,7 @@ from worker.rebalance import RebalanceEvents
 from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
 from worker.reload import ModelHolder
 from worker.settings import BatchingSettings, KafkaSettings, ShutdownSettings
+from worker.shadow import ShadowRun
 from worker.tagging import CacheLookup, Engine, TagBatch, Tagged
 from worker.transport import CommitRejected, ConsumedRecord, Consumer, Publisher, TopicPartition, TransportError
 
@@ -63,19 +64,27 @@ class RunBatch:
         publish: Publish,
         metrics: Metrics,
         wall_clock: Callable[[], float] = time.time,
+        shadow: ShadowRun | None = None,
     ) -> None:
         self.tag, self.build, self.publish, self.metrics, self.wall_clock = tag, build, publish, metrics, wall_clock
+        self.shadow = shadow
 
     def __call__(self, batch: list[Item], engine: Engine | None = None) -> BatchResult:
         """`engine`: the model the batch was prepared with (cache lookups, tokens); None: the steps' own."""
         m, started = self.metrics, self.metrics.now()
+        waited = 0.0  # of the oldest item: how far behind the batch thread is
         for r in batch:
-            m.queue_wait.observe(started - (r.record.received if isinstance(r, Tagged) else r.received))
+            wait_s = started - (r.record.received if isinstance(r, Tagged) else r.received)
+            waited = max(waited, wait_s)
+            m.queue_wait.observe(wait_s)
         m.batch_size.observe(len(batch))
         tagged = iter(self.tag([d for d in batch if isinstance(d, Valid)], engine))
         outcomes: list[Tagged | Rejected] = [next(tagged) if isinstance(d, Valid) else d for d in batch]
         with m.timed("serialize"):
-            messages = self.build(outcomes, self.wall_clock(), engine)
+            now = self.wall_clock()
+            messages = self.build(outcomes, now, engine)
+        if self.shadow is not None:  # its events go to its own topic, published and committed with the batch
+            messages += self.shadow(outcomes, now, waited)
         self.publish(messages)
         acked = self.wall_clock()
         dead = 0
@@ -85,7 +94,7 @@ class RunBatch:
                 m.dead_letters.labels(o.invalid.reason).inc()
             elif o.record.source.timestamp_ms:
                 m.end_to_end.observe(max(0.0, acked - o.record.source.timestamp_ms / 1000))
-        m.produced.inc(len(outcomes) - dead)
+        m.produced.inc(len(outcomes) - dead)  # live events only: shadow events are counted by the shadow
         return BatchResult(len(outcomes) - dead, sum(1 for o in outcomes if isinstance(o, Tagged) and o.cached), dead)
 
 

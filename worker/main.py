@@ -63,8 +63,24 @@ def run(args: argparse.Namespace) -> int:
         len(engine.labels),
         engine.provider,
     )
+    shadow_engine = None
+    if settings.shadow.path is not None:
+        try:
+            shadow_engine = build_engine(settings, settings.shadow.path)
+        except (ArtifactError, EngineError) as exc:
+            log.error("cannot start: shadow model: %s", exc)
+            return 2
+        log.info(
+            "shadow model %s (taxonomy %s) publishing to %s only",
+            shadow_engine.model_version,
+            shadow_engine.taxonomy_version,
+            settings.shadow.output_topic,
+        )
     if args.check:
-        print(f"ok: model {engine.model_version} (taxonomy {engine.taxonomy_version}) on {engine.provider}")
+        line = f"ok: model {engine.model_version} (taxonomy {engine.taxonomy_version}) on {engine.provider}"
+        if shadow_engine is not None:
+            line += f"; shadow {shadow_engine.model_version} (taxonomy {shadow_engine.taxonomy_version})"
+        print(line)
         return 0
 
     from worker import kafka_confluent, kafka_io
@@ -77,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from worker.publish import Publish
     from worker.records import DecodeRecords, Tokenize
     from worker.reload import ModelHolder, Watcher
+    from worker.shadow import ShadowRun
     from worker.tagging import CacheLookup, TagBatch
 
     clock = RealClock()
@@ -121,7 +138,12 @@ def run(args: argparse.Namespace) -> int:
         BuildMessages(k, models),
         Publish(publisher, k, metrics, health, abort, clock),
         metrics,
+        shadow=ShadowRun(shadow_engine, settings.shadow.output_topic, settings.shadow.budget_ms / 1000, metrics)
+        if shadow_engine is not None
+        else None,
     )
+    if shadow_engine is not None:
+        metrics.model_info.labels(shadow_engine.model_version, "shadow").set(1)
     loop = Loop(
         lambda: connect(k),
         k,

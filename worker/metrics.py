@@ -11,7 +11,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
-STAGES = ("poll", "decode", "tokenize", "cache_get", "inference", "cache_set", "serialize", "produce", "commit")
+STAGES = (
+    "poll",
+    "decode",
+    "tokenize",
+    "cache_get",
+    "inference",
+    "cache_set",
+    "serialize",
+    "produce",
+    "commit",
+    "shadow",
+)
+JACCARD_BUCKETS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.999, 1.0)
 
 
 class Metrics:
@@ -66,6 +78,26 @@ class Metrics:
         self.model_reload_failures = Counter(
             "tagger_model_reload_failures", "New model artifacts refused by hot reload.", registry=r
         )
+
+        # shadow model (worker/shadow.py): agreement with the live model on the same items
+        self.shadow_items = Counter("tagger_shadow_items", "Items tagged by the shadow model.", registry=r)
+        self.shadow_identical = Counter(
+            "tagger_shadow_identical", "Shadow items whose tags equal the live model's.", registry=r
+        )
+        self.shadow_added = Counter("tagger_shadow_tags_added", "Tags the shadow adds to the live tags.", registry=r)
+        self.shadow_removed = Counter("tagger_shadow_tags_removed", "Live tags the shadow model drops.", registry=r)
+        self.shadow_jaccard = Histogram(
+            "tagger_shadow_jaccard",
+            "Per item and facet Jaccard of live vs shadow tags.",
+            ["facet"],
+            buckets=JACCARD_BUCKETS,
+            registry=r,
+        )
+        # batches the shadow skipped because they waited longer than its budget
+        self.shadow_skipped = Counter(
+            "tagger_shadow_skipped_batches", "Batches not shadowed (over budget).", registry=r
+        )
+        self.shadow_failures = Counter("tagger_shadow_failures", "Batches the shadow model failed on.", registry=r)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

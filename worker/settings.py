@@ -110,6 +110,18 @@ class ModelSettings(_Section):
         return self.provider == "cpu" and artifact_has_int8
 
 
+class ShadowSettings(_Section):
+    path: Path | None = Field(
+        None, description="Candidate model artifact run on the live batches (unset: no shadow model)."
+    )
+    output_topic: str = Field("products.tags.shadow", description="Topic of the shadow model's tag events only.")
+    budget_ms: float = Field(
+        200.0,
+        ge=0,
+        description="Skip shadow inference for a batch that waited longer than this (the worker is behind).",
+    )
+
+
 class BatchingSettings(_Section):
     max_items: int = Field(64, ge=1, le=4_096, description="Close a micro-batch at this many products.")
     max_tokens: int = Field(8_192, ge=16, description="Token budget of one inference call (padded batch x sequence).")
@@ -153,11 +165,18 @@ class WorkerSettings(BaseSettings):
     kafka: KafkaSettings = Field(KafkaSettings(), description="Kafka connection and topics.")
     redis: RedisSettings = Field(RedisSettings(), description="Result cache.")
     model: ModelSettings = Field(ModelSettings(), description="Model artifact and runtime.")
+    shadow: ShadowSettings = Field(ShadowSettings(), description="Optional shadow (candidate) model.")
     batching: BatchingSettings = Field(BatchingSettings(), description="Micro-batching.")
     limits: LimitSettings = Field(LimitSettings(), description="Input bounds.")
     http: HttpSettings = Field(HttpSettings(), description="Health and metrics endpoint.")
     log: LogSettings = Field(LogSettings(), description="Logging.")
     shutdown: ShutdownSettings = Field(ShutdownSettings(), description="Graceful drain.")
+
+    @model_validator(mode="after")
+    def _shadow_topic_apart(self) -> WorkerSettings:
+        if self.shadow.path is not None and self.shadow.output_topic in (self.kafka.output_topic, self.kafka.dlq_topic):
+            raise ValueError("shadow.output_topic must differ from the live output and dead-letter topics")
+        return self
 
 
 class SettingsError(ValueError):
