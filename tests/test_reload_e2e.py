@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -18,7 +20,7 @@ import pytest
 
 from schemas.events import TagEvent
 from scripts.local_services import create_topics, free_port, http_ok, wait_until
-from tests.kafka_helpers import produce, read_all, start_worker, worker_env
+from tests.kafka_helpers import REPO, produce, read_all, start_worker, worker_env
 from tests.model_factory import make_rows
 from worker.artifact import load_manifest
 
@@ -131,3 +133,58 @@ def test_model_switches_between_batches_while_streaming_and_a_corrupt_artifact_i
     text = log.read_text()
     assert "switching at the next batch" in text and "refused, keeping " + v2 in text
     assert elapsed < 90, f"took {elapsed:.0f} s"
+
+
+def test_shadow_events_reach_only_the_shadow_topic_and_compare_reports_agreement(
+    broker: str, redis_url: str, tiny_model: Path, second_model: Path, unique: str, tmp_path: Path
+) -> None:
+    live_v, shadow_v = (load_manifest(m).model_version + "-int8" for m in (tiny_model, second_model))
+    create_topics(broker, {f"in-{unique}": 2, f"out-{unique}": 2, f"dlq-{unique}": 1, f"shadow-{unique}": 2})
+    rows = make_rows(300, seed=9)
+    stream = [json.dumps({"product_id": f"s-{i}", "title": r["title"]}).encode() for i, r in enumerate(rows)]
+    port = free_port()
+    env = worker_env(
+        broker,
+        redis_url,
+        tiny_model,
+        unique,
+        TAGGER_HTTP__PORT=str(port),
+        TAGGER_SHADOW__PATH=str(second_model),
+        TAGGER_SHADOW__OUTPUT_TOPIC=f"shadow-{unique}",
+        TAGGER_SHADOW__BUDGET_MS="60000",  # this test wants every batch shadowed
+    )
+    check = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "worker", "--check"], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert check.returncode == 0 and f"model {live_v}" in check.stdout and f"shadow {shadow_v}" in check.stdout
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        wait_until(lambda: http_ok(port, "/readyz"), 60, "worker ready")
+        produce(broker, f"in-{unique}", stream)
+        wait_until(lambda: _metric(port, "tagger_shadow_items_total") >= len(stream), 60, "every item shadowed")
+        assert _metric(port, "tagger_model_info", role="shadow", version=shadow_v) == 1.0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    live = read_all(broker, f"out-{unique}", lambda m: len(m) >= len(stream), timeout_s=30)
+    shadow = read_all(broker, f"shadow-{unique}", lambda m: len(m) >= len(stream), timeout_s=30)
+    assert {TagEvent.model_validate_json(m.value).model_version for m in live} == {live_v}
+    assert {TagEvent.model_validate_json(m.value).model_version for m in shadow} == {shadow_v}
+    assert len(live) == len(shadow) == len(stream)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "compare", "--bootstrap", broker]
+        + ["--live", f"out-{unique}", "--shadow", f"shadow-{unique}", "--idle-s", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["items"] == len(stream) and figures["live_only"] == figures["shadow_only"] == 0
+    assert figures["live_versions"] == [live_v] and figures["shadow_versions"] == [shadow_v]
+    assert set(figures["jaccard_by_facet"]) <= {"brand", "category"} and 0 <= figures["identical_share"] <= 1
+    assert "identical tag sets" in proc.stdout
