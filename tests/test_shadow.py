@@ -123,7 +123,7 @@ def test_a_failing_shadow_never_fails_the_live_batch() -> None:
 
 
 def test_shadow_topic_must_not_be_the_live_topic() -> None:
-    with pytest.raises(SettingsError, match="shadow.output_topic must differ"):
+    with pytest.raises(SettingsError, match="TAGGER_SHADOW__OUTPUT_TOPIC must differ"):
         load_settings(shadow={"path": "/m/shadow", "output_topic": "products.tags"})
     assert load_settings(shadow={"path": "/m/shadow"}).shadow.output_topic == "products.tags.shadow"
 

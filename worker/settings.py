@@ -175,7 +175,9 @@ class WorkerSettings(BaseSettings):
     @model_validator(mode="after")
     def _shadow_topic_apart(self) -> WorkerSettings:
         if self.shadow.path is not None and self.shadow.output_topic in (self.kafka.output_topic, self.kafka.dlq_topic):
-            raise ValueError("shadow.output_topic must differ from the live output and dead-letter topics")
+            raise ValueError(
+                "TAGGER_SHADOW__OUTPUT_TOPIC must differ from TAGGER_KAFKA__OUTPUT_TOPIC and TAGGER_KAFKA__DLQ_TOPIC"
+            )
         return self
 
 
