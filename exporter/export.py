@@ -25,7 +25,7 @@ from exporter.model import Tagger, torch_outputs
 from exporter.train import predict_tags
 from schemas.training import load_rows
 from worker.artifact import write_manifest
-from worker.contract import Manifest, RunMeta, compose_text, fuse, run_bucketed, sigmoid
+from worker.contract import Manifest, RunMeta, compose_text, default_taxonomy_version, fuse, run_bucketed, sigmoid
 from worker.engine import TagEngine
 from worker.lexical import LexicalChannel
 
@@ -193,6 +193,7 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
         opset=OPSET,
         max_seq_len=meta.max_seq_len,
         pad_token_id=pad_id,
+        taxonomy_version=meta.taxonomy_version or default_taxonomy_version(decisions.labels),
         training={
             k: getattr(meta, k) for k in ("seed", "steps", "epochs_done", "train_rows", "train_seconds")
         },

@@ -26,6 +26,7 @@ from worker.contract import (
     Decisions,
     RunMeta,
     compose_text,
+    default_taxonomy_version,
     enforce_single,
     fuse,
     pad_batch,
@@ -97,6 +98,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "validation category F1 0.897 vs 0.921)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument(
+        "--taxonomy-version",
+        default=None,
+        help="taxonomy release the labels come from, carried by every tag event "
+        "(default: a short hash of the sorted label set)",
+    )
 
 
 def build_labels(rows: Sequence[TrainingRow], min_count: int) -> list[str]:
@@ -330,6 +337,7 @@ def train(args: argparse.Namespace) -> RunMeta:
         validation=served,
         ablation={k: round(v, 4) for k, v in ablation.items()},
         threshold_comparison_micro_f1=comparison,
+        taxonomy_version=args.taxonomy_version or default_taxonomy_version(labels),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out, meta)

@@ -49,6 +49,11 @@ class TagEvent(BaseModel):
     product_id: str
     tags: list[TagScore] = Field(description="Tags over their thresholds, highest score first.")
     model_version: str = Field(description="Version (content hash) of the model artifact that tagged it.")
+    taxonomy_version: str | None = Field(
+        None,
+        description="Taxonomy release of the model's labels (`tagger train --taxonomy-version`, default a hash "
+        "of the label set). Optional: absent in events of workers older than this field.",
+    )
     content_hash: str = Field(description="Hash of the model input text (title + description).")
     tagged_at: datetime = Field(description="When this event was produced (UTC).")
     cached: bool = Field(description="True when the tags came from the Redis cache.")

@@ -151,11 +151,11 @@ def test_rebalance_while_paused_with_a_stuck_batch_loses_nothing(broker: str, un
         BatchingSettings(max_items=2, max_wait_ms=0, max_in_flight=1),
         ShutdownSettings(drain_timeout_s=10),
         DecodeRecords(LimitSettings(), metrics),
-        CacheLookup(cache, "t:", engine.model_version, metrics),
+        CacheLookup(cache, "t:", engine, metrics),
         Tokenize(engine, metrics),
         RunBatch(
             TagBatch(engine, cache, "t:", metrics),
-            BuildMessages(k, engine.model_version),
+            BuildMessages(k, engine),
             Publish(publisher, k, metrics, health, abort, clock),
             metrics,
         ),

@@ -12,7 +12,7 @@ from exporter.export import ExportValidationError, check_parity
 from exporter.metrics import choose_thresholds, report
 from tests.model_factory import make_rows, train_args, write_jsonl
 from worker.artifact import ArtifactError, load_manifest
-from worker.contract import RunMeta, bucket, compose_text
+from worker.contract import RunMeta, bucket, compose_text, default_taxonomy_version
 from worker.engine import ProviderUnavailableError, TagEngine
 
 
@@ -33,6 +33,8 @@ def test_artifact_is_self_describing(tiny_model: Path) -> None:
     run = tiny_model.parent / "run"
     meta = RunMeta.model_validate_json((run / "tagger.json").read_text())
     assert meta.steps == 40 and meta.decisions == d
+    # no --taxonomy-version given: the label-set hash, recorded by training and copied by export
+    assert meta.taxonomy_version == m.taxonomy_version == default_taxonomy_version(m.labels)
     assert (run / "encoder" / "config.json").is_file()
 
 

@@ -74,7 +74,7 @@ def rig(
     metrics, health, stop, abort = Metrics(now=clock.now), Health(cache=cache), threading.Event(), Abort(clock)
     run_batch = RunBatch(
         TagBatch(engine, cache, "t:", metrics),
-        BuildMessages(KAFKA, engine.model_version),
+        BuildMessages(KAFKA, engine),
         Publish(publisher, KAFKA, metrics, health, abort, clock),
         metrics,
         wall_clock=lambda: 1_750_000_000.0,
@@ -86,7 +86,7 @@ def rig(
         batching,
         ShutdownSettings(drain_timeout_s=drain_timeout_s),
         DecodeRecords(LimitSettings(), metrics),
-        CacheLookup(cache, "t:", engine.model_version, metrics),
+        CacheLookup(cache, "t:", engine, metrics),
         Tokenize(engine, metrics),
         run_batch,
         publisher,

@@ -84,7 +84,7 @@ def test_a_corrupt_cache_entry_is_a_miss() -> None:
     keys = [cache_key("t:", engine.model_version, r.chash) for r in records]
     cache.data[keys[0]] = tags_to_cache([])
     cache.data[keys[1]] = b"\xff not json"
-    hits, misses = CacheLookup(cache, "t:", engine.model_version, Metrics())(list(records))
+    hits, misses = CacheLookup(cache, "t:", engine, Metrics())(list(records))
     assert [h.record for h in hits] == [records[0]] and hits[0].cached
     assert misses == [records[1]]
     TagBatch(engine, cache, "t:", Metrics())([records[1]])
@@ -106,9 +106,10 @@ def test_messages_validate_against_the_contracts() -> None:
     valid, rejected = _decode(engine, _record(0, "red shirt"), ConsumedRecord("in", 0, 1, None, b"\xff", 5))
     assert isinstance(valid, Valid) and isinstance(rejected, Rejected)
     k = KafkaSettings(output_topic="out", dlq_topic="dlq")
-    tag_msg, dead_msg = BuildMessages(k, "m1")([Tagged(valid, [], cached=False), rejected], 1_750_000_000.0)
+    tag_msg, dead_msg = BuildMessages(k, engine)([Tagged(valid, [], cached=False), rejected], 1_750_000_000.0)
     ev = TagEvent.model_validate_json(tag_msg.value)
-    assert (tag_msg.topic, tag_msg.key, ev.source_offset, ev.model_version) == ("out", b"p0", 0, "m1")
+    assert (tag_msg.topic, tag_msg.key, ev.source_offset) == ("out", b"p0", 0)
+    assert (ev.model_version, ev.taxonomy_version) == ("fake-1", "tax-1")
     dl = DeadLetter.model_validate_json(dead_msg.value)
     assert (dead_msg.topic, dl.error_kind, dl.offset, dl.value_b64) == ("dlq", "not_utf8", 1, "/w==")
 
@@ -119,7 +120,7 @@ def test_identical_content_in_a_batch_is_inferred_once() -> None:
     records = [r for r in decoded if isinstance(r, Valid)]
     out = TagBatch(engine, cache, "t:", Metrics())(records)
     assert [o.record.product.product_id for o in out if isinstance(o, Tagged)] == ["p0", "p1", "p2"]
-    hits, misses = CacheLookup(cache, "t:", engine.model_version, Metrics())(list(records))
+    hits, misses = CacheLookup(cache, "t:", engine, Metrics())(list(records))
     assert len(hits) == 3 and not misses
     assert [o.cached for o in out if isinstance(o, Tagged)] == [False, False, False]
     assert engine.inferred == ["same text", "other"]

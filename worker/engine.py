@@ -104,6 +104,10 @@ class TagEngine:
     def model_version(self) -> str:
         return self.manifest.model_version + ("-int8" if self.int8 else "")
 
+    @property
+    def taxonomy_version(self) -> str:
+        return self.manifest.taxonomy
+
     @staticmethod
     def _session(path: Path, provider: str, fallback: bool, threads: int) -> ort.InferenceSession:
         if provider not in PROVIDERS:

@@ -29,8 +29,10 @@ from worker.outputs import BuildMessages
 from worker.publish import FLUSH_SLICE_S, Publish, PublishAborted
 from worker.rebalance import RebalanceEvents
 from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
+from worker.reload import ModelHolder
 from worker.settings import BatchingSettings, KafkaSettings, ShutdownSettings
-from worker.tagging import CacheLookup, TagBatch, Tagged
+from worker.shadow import ShadowRun
+from worker.tagging import CacheLookup, Engine, TagBatch, Tagged
 from worker.transport import CommitRejected, ConsumedRecord, Consumer, Publisher, TopicPartition, TransportError
 
 log = logging.getLogger(__name__)
@@ -62,18 +64,27 @@ class RunBatch:
         publish: Publish,
         metrics: Metrics,
         wall_clock: Callable[[], float] = time.time,
+        shadow: ShadowRun | None = None,
     ) -> None:
         self.tag, self.build, self.publish, self.metrics, self.wall_clock = tag, build, publish, metrics, wall_clock
+        self.shadow = shadow
 
-    def __call__(self, batch: list[Item]) -> BatchResult:
+    def __call__(self, batch: list[Item], engine: Engine | None = None) -> BatchResult:
+        """`engine`: the model the batch was prepared with (cache lookups, tokens); None: the steps' own."""
         m, started = self.metrics, self.metrics.now()
+        waited = 0.0  # of the oldest item: how far behind the batch thread is
         for r in batch:
-            m.queue_wait.observe(started - (r.record.received if isinstance(r, Tagged) else r.received))
+            wait_s = started - (r.record.received if isinstance(r, Tagged) else r.received)
+            waited = max(waited, wait_s)
+            m.queue_wait.observe(wait_s)
         m.batch_size.observe(len(batch))
-        tagged = iter(self.tag([d for d in batch if isinstance(d, Valid)]))
+        tagged = iter(self.tag([d for d in batch if isinstance(d, Valid)], engine))
         outcomes: list[Tagged | Rejected] = [next(tagged) if isinstance(d, Valid) else d for d in batch]
         with m.timed("serialize"):
-            messages = self.build(outcomes, self.wall_clock())
+            now = self.wall_clock()
+            messages = self.build(outcomes, now, engine)
+        if self.shadow is not None:  # its events go to its own topic, published and committed with the batch
+            messages += self.shadow(outcomes, now, waited)
         self.publish(messages)
         acked = self.wall_clock()
         dead = 0
@@ -83,7 +94,7 @@ class RunBatch:
                 m.dead_letters.labels(o.invalid.reason).inc()
             elif o.record.source.timestamp_ms:
                 m.end_to_end.observe(max(0.0, acked - o.record.source.timestamp_ms / 1000))
-        m.produced.inc(len(outcomes) - dead)
+        m.produced.inc(len(outcomes) - dead)  # live events only: shadow events are counted by the shadow
         return BatchResult(len(outcomes) - dead, sum(1 for o in outcomes if isinstance(o, Tagged) and o.cached), dead)
 
 
@@ -101,7 +112,7 @@ class Loop:
         decode: DecodeRecords,
         lookup: CacheLookup,
         tokenize: Tokenize,
-        run_batch: Callable[[list[Item]], BatchResult],
+        run_batch: Callable[[list[Item], Engine | None], BatchResult],
         publisher: Publisher,
         metrics: Metrics,
         health: Health,
@@ -109,6 +120,7 @@ class Loop:
         abort: Abort,
         clock: Clock,
         executor: Executor | None = None,
+        models: ModelHolder | None = None,
     ) -> None:
         self.connect, self.kafka, self.batching = connect, kafka, batching
         self.drain_timeout_s = shutdown.drain_timeout_s
@@ -116,6 +128,7 @@ class Loop:
         self.run_batch, self.publisher = run_batch, publisher
         self.metrics, self.health, self.stop, self.abort, self.clock = metrics, health, stop, abort, clock
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        self.models = models  # None: a fixed model (the steps' own engine)
         self.batcher: Batcher[Valid] = Batcher(
             batching.max_items, batching.max_tokens, batching.max_wait_ms / 1000, now=clock.now
         )
@@ -166,6 +179,7 @@ class Loop:
     def step(self) -> None:
         self._reap()
         self._commit()
+        self._switch_model()
         self._submit_due()
         self._backpressure()
         self._poll()
@@ -174,7 +188,10 @@ class Loop:
     # -- batches ------------------------------------------------------------------------------
     def _submit(self, batch: list[Item]) -> None:
         batch_id = self.tracker.open((source_of(i).tp, source_of(i).offset) for i in batch)
-        self.in_flight[batch_id] = self.executor.submit(self.run_batch, batch)
+        # The batch runs with the model its items were looked up and tokenized with, even when a
+        # reload switches the live model before the batch thread gets to it.
+        engine = self.models.current if self.models is not None else None
+        self.in_flight[batch_id] = self.executor.submit(self.run_batch, batch, engine)
         if any(isinstance(i, Valid) for i in batch):
             self.inferring.add(batch_id)
         self.metrics.in_flight.set(len(self.in_flight))
@@ -188,6 +205,20 @@ class Loop:
             idle=b.adaptive and not self.inferring.intersection(self.in_flight)
         ):
             self._submit(list(self.batcher.take()))
+
+    def _switch_model(self) -> None:
+        """A hot reload takes effect here, between batches: what was queued (looked up in the cache
+        and tokenized with the old model) is sent as batches of the old model, then the new one
+        becomes live for everything polled from now on. This may briefly exceed `max_in_flight`
+        by the queued batches (at most one batch plus one poll of records, as backpressure bounds the queue)."""
+        if self.models is None or (new := self.models.take_pending()) is None:
+            return
+        if self.ready:
+            ready, self.ready = self.ready, []
+            self._submit(list(ready))
+        while len(self.batcher):
+            self._submit(list(self.batcher.take()))
+        self.models.activate(new)
 
     def _reap(self) -> None:
         for batch_id, fut in list(self.in_flight.items()):

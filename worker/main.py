@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 import threading
+from functools import partial
+from pathlib import Path
 
 from worker.artifact import ArtifactError, load_manifest
 from worker.engine import EngineError, TagEngine
@@ -24,10 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_engine(s: WorkerSettings) -> TagEngine:
-    has_int8 = "model.int8.onnx" in load_manifest(s.model.path, verify=False).files
+def build_engine(s: WorkerSettings, path: Path | None = None) -> TagEngine:
+    """The engine for the artifact at `path` (default the model setting's path)."""
+    path = path or s.model.path
+    has_int8 = "model.int8.onnx" in load_manifest(path, verify=False).files
     return TagEngine(
-        s.model.path,
+        path,
         provider=s.model.provider,
         allow_cpu_fallback=s.model.allow_cpu_fallback,
         int8=s.model.serve_int8(has_int8),
@@ -52,9 +56,31 @@ def run(args: argparse.Namespace) -> int:
     except (ArtifactError, EngineError) as exc:
         log.error("cannot start: %s", exc)
         return 2
-    log.info("model %s (%d labels) on %s", engine.model_version, len(engine.labels), engine.provider)
+    log.info(
+        "model %s (taxonomy %s, %d labels) on %s",
+        engine.model_version,
+        engine.taxonomy_version,
+        len(engine.labels),
+        engine.provider,
+    )
+    shadow_engine = None
+    if settings.shadow.path is not None:
+        try:
+            shadow_engine = build_engine(settings, settings.shadow.path)
+        except (ArtifactError, EngineError) as exc:
+            log.error("cannot start: shadow model: %s", exc)
+            return 2
+        log.info(
+            "shadow model %s (taxonomy %s) publishing to %s only",
+            shadow_engine.model_version,
+            shadow_engine.taxonomy_version,
+            settings.shadow.output_topic,
+        )
     if args.check:
-        print(f"ok: model {engine.model_version} on {engine.provider}")
+        line = f"ok: model {engine.model_version} (taxonomy {engine.taxonomy_version}) on {engine.provider}"
+        if shadow_engine is not None:
+            line += f"; shadow {shadow_engine.model_version} (taxonomy {shadow_engine.taxonomy_version})"
+        print(line)
         return 0
 
     from worker import kafka_confluent, kafka_io
@@ -66,11 +92,20 @@ def run(args: argparse.Namespace) -> int:
     from worker.outputs import BuildMessages
     from worker.publish import Publish
     from worker.records import DecodeRecords, Tokenize
+    from worker.reload import ModelHolder, Watcher
+    from worker.shadow import ShadowRun
     from worker.tagging import CacheLookup, TagBatch
 
     clock = RealClock()
     metrics = Metrics()
     health = Health()
+    models = ModelHolder(engine, metrics)
+    watcher = None
+    if settings.model.reload_interval_s > 0:
+        watcher = Watcher(
+            settings.model.path, models, partial(build_engine, settings), settings.model.reload_interval_s, metrics
+        )
+        watcher.start()
     stop, abort = threading.Event(), Abort(clock)
     cache: Cache = NoCache()
     if settings.redis.enabled:
@@ -99,19 +134,24 @@ def run(args: argparse.Namespace) -> int:
     publisher = kafka_confluent.ConfluentPublisher(k) if confluent else kafka_io.KafkaPublisher(k)
     connect = kafka_confluent.connect_consumer if confluent else kafka_io.connect_consumer
     run_batch = RunBatch(
-        TagBatch(engine, cache, settings.redis.key_prefix, metrics),
-        BuildMessages(k, engine.model_version),
+        TagBatch(models, cache, settings.redis.key_prefix, metrics),
+        BuildMessages(k, models),
         Publish(publisher, k, metrics, health, abort, clock),
         metrics,
+        shadow=ShadowRun(shadow_engine, settings.shadow.output_topic, settings.shadow.budget_ms / 1000, metrics)
+        if shadow_engine is not None
+        else None,
     )
+    if shadow_engine is not None:
+        metrics.model_info.labels(shadow_engine.model_version, "shadow").set(1)
     loop = Loop(
         lambda: connect(k),
         k,
         settings.batching,
         settings.shutdown,
         DecodeRecords(settings.limits, metrics),
-        CacheLookup(cache, settings.redis.key_prefix, engine.model_version, metrics),
-        Tokenize(engine, metrics),
+        CacheLookup(cache, settings.redis.key_prefix, models, metrics),
+        Tokenize(models, metrics),
         run_batch,
         publisher,
         metrics,
@@ -119,8 +159,11 @@ def run(args: argparse.Namespace) -> int:
         stop,
         abort,
         clock,
+        models=models,
     )
     code = loop.run()
+    if watcher is not None:
+        watcher.close()
     if server is not None:
         server.shutdown()
     return code

@@ -11,7 +11,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
-STAGES = ("poll", "decode", "tokenize", "cache_get", "inference", "cache_set", "serialize", "produce", "commit")
+STAGES = (
+    "poll",
+    "decode",
+    "tokenize",
+    "cache_get",
+    "inference",
+    "cache_set",
+    "serialize",
+    "produce",
+    "commit",
+    "shadow",
+)
+JACCARD_BUCKETS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.999, 1.0)
 
 
 class Metrics:
@@ -58,6 +70,34 @@ class Metrics:
         self.paused = Gauge("tagger_paused_partitions", "Partitions paused by backpressure.", registry=r)
         self.ready = Gauge("tagger_ready", "1 when consuming normally.", registry=r)
         self.cache_degraded = Gauge("tagger_cache_degraded", "1 while Redis is unreachable.", registry=r)
+        # 1 for the model version serving as `role` (live, shadow); a replaced version's series is removed
+        self.model_info = Gauge("tagger_model_info", "Model version serving, by role.", ["version", "role"], registry=r)
+        # hot reloads that switched the live model (worker/reload.py)
+        self.model_reloads = Counter("tagger_model_reloads", "Model hot reloads that took effect.", registry=r)
+        # new artifacts refused (hash mismatch, half-written, cannot load); the old model keeps serving
+        self.model_reload_failures = Counter(
+            "tagger_model_reload_failures", "New model artifacts refused by hot reload.", registry=r
+        )
+
+        # shadow model (worker/shadow.py): agreement with the live model on the same items
+        self.shadow_items = Counter("tagger_shadow_items", "Items tagged by the shadow model.", registry=r)
+        self.shadow_identical = Counter(
+            "tagger_shadow_identical", "Shadow items whose tags equal the live model's.", registry=r
+        )
+        self.shadow_added = Counter("tagger_shadow_tags_added", "Tags the shadow adds to the live tags.", registry=r)
+        self.shadow_removed = Counter("tagger_shadow_tags_removed", "Live tags the shadow model drops.", registry=r)
+        self.shadow_jaccard = Histogram(
+            "tagger_shadow_jaccard",
+            "Per item and facet Jaccard of live vs shadow tags.",
+            ["facet"],
+            buckets=JACCARD_BUCKETS,
+            registry=r,
+        )
+        # batches the shadow skipped because they waited longer than its budget
+        self.shadow_skipped = Counter(
+            "tagger_shadow_skipped_batches", "Batches not shadowed (over budget).", registry=r
+        )
+        self.shadow_failures = Counter("tagger_shadow_failures", "Batches the shadow model failed on.", registry=r)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

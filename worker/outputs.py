@@ -7,6 +7,7 @@ import base64
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import orjson
 
@@ -29,7 +30,9 @@ class OutMessage:
     tagged: bool  # a tag event (False: a dead letter)
 
 
-def tag_event(t: Tagged, model_version: str, tagged_at: str, topic: str) -> OutMessage:
+def tag_event(
+    t: Tagged, model_version: str, tagged_at: str, topic: str, taxonomy_version: str | None = None
+) -> OutMessage:
     r, product = t.record, t.record.product
     # Serialised directly: building pydantic models per event was ~10% of the cache-hit path.
     ev = {
@@ -37,6 +40,7 @@ def tag_event(t: Tagged, model_version: str, tagged_at: str, topic: str) -> OutM
         "product_id": product.product_id,
         "tags": [{"tag": x.tag, "score": float(min(1.0, max(0.0, x.score)))} for x in t.tags],
         "model_version": model_version,
+        "taxonomy_version": taxonomy_version,
         "content_hash": r.chash,
         "tagged_at": tagged_at,
         "cached": t.cached,
@@ -65,15 +69,29 @@ def dead_letter(rej: Rejected, stamp: datetime, topic: str) -> OutMessage:
     return OutMessage(topic, src.key, dl.model_dump_json().encode(), src, tagged=False)
 
 
-class BuildMessages:
-    def __init__(self, kafka: KafkaSettings, model_version: str) -> None:
-        self.output_topic, self.dlq_topic, self.model_version = kafka.output_topic, kafka.dlq_topic, model_version
+class ModelId(Protocol):
+    @property
+    def model_version(self) -> str: ...
 
-    def __call__(self, outcomes: list[Tagged | Rejected], wall_time: float) -> list[OutMessage]:
+    @property
+    def taxonomy_version(self) -> str: ...
+
+
+class BuildMessages:
+    """Outcomes -> messages. `model` is the default; the loop passes the engine each batch ran with."""
+
+    def __init__(self, kafka: KafkaSettings, model: ModelId) -> None:
+        self.output_topic, self.dlq_topic, self.model = kafka.output_topic, kafka.dlq_topic, model
+
+    def __call__(
+        self, outcomes: list[Tagged | Rejected], wall_time: float, model: ModelId | None = None
+    ) -> list[OutMessage]:
         stamp = datetime.fromtimestamp(wall_time, UTC)
         tagged_at = stamp.isoformat().replace("+00:00", "Z")
+        model = model or self.model
+        version, taxonomy = model.model_version, model.taxonomy_version
         return [
-            tag_event(o, self.model_version, tagged_at, self.output_topic)
+            tag_event(o, version, tagged_at, self.output_topic, taxonomy)
             if isinstance(o, Tagged)
             else dead_letter(o, stamp, self.dlq_topic)
             for o in outcomes

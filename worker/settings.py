@@ -97,13 +97,29 @@ class ModelSettings(_Section):
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core).")
     verify_hashes: bool = Field(True, description="Check every artifact file's sha256 against the manifest.")
-
+    reload_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="Check the model path (directory or symlink) for a new artifact this often; 0: no hot reload.",
+    )
 
     def serve_int8(self, artifact_has_int8: bool) -> bool:
         """int8 is ~2x faster on CPU at equal accuracy (README); on a GPU fp32/fp16 is the better fit."""
         if self.int8 is not None:
             return self.int8
         return self.provider == "cpu" and artifact_has_int8
+
+
+class ShadowSettings(_Section):
+    path: Path | None = Field(
+        None, description="Candidate model artifact run on the live batches (unset: no shadow model)."
+    )
+    output_topic: str = Field("products.tags.shadow", description="Topic of the shadow model's tag events only.")
+    budget_ms: float = Field(
+        200.0,
+        ge=0,
+        description="Skip shadow inference for a batch that waited longer than this (the worker is behind).",
+    )
 
 
 class BatchingSettings(_Section):
@@ -149,11 +165,20 @@ class WorkerSettings(BaseSettings):
     kafka: KafkaSettings = Field(KafkaSettings(), description="Kafka connection and topics.")
     redis: RedisSettings = Field(RedisSettings(), description="Result cache.")
     model: ModelSettings = Field(ModelSettings(), description="Model artifact and runtime.")
+    shadow: ShadowSettings = Field(ShadowSettings(), description="Optional shadow (candidate) model.")
     batching: BatchingSettings = Field(BatchingSettings(), description="Micro-batching.")
     limits: LimitSettings = Field(LimitSettings(), description="Input bounds.")
     http: HttpSettings = Field(HttpSettings(), description="Health and metrics endpoint.")
     log: LogSettings = Field(LogSettings(), description="Logging.")
     shutdown: ShutdownSettings = Field(ShutdownSettings(), description="Graceful drain.")
+
+    @model_validator(mode="after")
+    def _shadow_topic_apart(self) -> WorkerSettings:
+        if self.shadow.path is not None and self.shadow.output_topic in (self.kafka.output_topic, self.kafka.dlq_topic):
+            raise ValueError(
+                "TAGGER_SHADOW__OUTPUT_TOPIC must differ from TAGGER_KAFKA__OUTPUT_TOPIC and TAGGER_KAFKA__DLQ_TOPIC"
+            )
+        return self
 
 
 class SettingsError(ValueError):

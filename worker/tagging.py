@@ -34,6 +34,9 @@ class Engine(Protocol):
     @property
     def model_version(self) -> str: ...
 
+    @property
+    def taxonomy_version(self) -> str: ...
+
     def encode(self, texts: list[str]) -> list[Encoded]: ...
 
     def run(self, items: list[Encoded]) -> Outputs: ...
@@ -69,16 +72,18 @@ def _unique(items: list[Parsed]) -> dict[str, int]:
 
 
 class CacheLookup:
-    """Split parsed records into cache hits (tagged, ready to publish) and misses (to infer)."""
+    """Split parsed records into cache hits (tagged, ready to publish) and misses (to infer).
+    `model` is read on every call: with a `worker.reload.ModelHolder` lookups follow the live model."""
 
-    def __init__(self, cache: Cache, key_prefix: str, model_version: str, metrics: Metrics) -> None:
-        self.cache, self.key_prefix, self.model_version, self.metrics = cache, key_prefix, model_version, metrics
+    def __init__(self, cache: Cache, key_prefix: str, model: Engine, metrics: Metrics) -> None:
+        self.cache, self.key_prefix, self.model, self.metrics = cache, key_prefix, model, metrics
 
     def __call__(self, items: list[Parsed]) -> tuple[list[Tagged], list[Parsed]]:
         if not items:
             return [], []
         first = _unique(items)
-        keys = [cache_key(self.key_prefix, self.model_version, h) for h in first]
+        version = self.model.model_version
+        keys = [cache_key(self.key_prefix, version, h) for h in first]
         with self.metrics.timed("cache_get"):
             raw = self.cache.get_many(keys)
         found = {h: tags_from_cache(v) for h, v in zip(first, raw, strict=True) if v is not None}
@@ -95,20 +100,21 @@ class CacheLookup:
 
 
 class TagBatch:
-    """Infer a batch of cache misses (each distinct text once) and fill the cache."""
+    """Infer a batch of cache misses (each distinct text once) and fill the cache. The loop passes
+    the engine the batch was prepared with (a hot reload switches engines between batches)."""
 
     def __init__(self, engine: Engine, cache: Cache, key_prefix: str, metrics: Metrics) -> None:
         self.engine, self.cache, self.key_prefix, self.metrics = engine, cache, key_prefix, metrics
-        self.model_version = engine.model_version
 
-    def __call__(self, batch: list[Valid]) -> list[Tagged | Rejected]:
+    def __call__(self, batch: list[Valid], engine: Engine | None = None) -> list[Tagged | Rejected]:
         if not batch:
             return []
+        engine = engine or self.engine
         first = _unique(list(batch))
         unique = [batch[i] for i in first.values()]
-        inferred = dict(zip(first, self._infer(unique), strict=True))
+        inferred = dict(zip(first, self._infer(unique, engine), strict=True))
         fresh = {
-            cache_key(self.key_prefix, self.model_version, h): tags_to_cache(t)
+            cache_key(self.key_prefix, engine.model_version, h): tags_to_cache(t)
             for h, t in inferred.items()
             if not isinstance(t, Invalid)
         }
@@ -124,24 +130,24 @@ class TagBatch:
                 out.append(Tagged(r, result, cached=False))
         return out
 
-    def _infer(self, items: list[Valid]) -> list[list[Tag] | Invalid]:
+    def _infer(self, items: list[Valid], engine: Engine) -> list[list[Tag] | Invalid]:
         encoded = [r.encoded for r in items]
         self.metrics.batch_tokens.observe(padded_tokens(max(len(e) for e in encoded), len(encoded)))
         started = self.metrics.now()
         with self.metrics.timed("inference"):
-            results = self._bisect(items)
+            results = self._bisect(items, engine)
         if len(items) > 1 and all(isinstance(r, Invalid) for r in results):
             raise InferenceFault(f"all {len(items)} items failed inference one by one")
         self.metrics.inference.observe(self.metrics.now() - started)
         return results
 
-    def _bisect(self, items: list[Valid]) -> list[list[Tag] | Invalid]:
+    def _bisect(self, items: list[Valid], engine: Engine) -> list[list[Tag] | Invalid]:
         encoded = [r.encoded for r in items]
         try:
-            return list(self.engine.decode(encoded, self.engine.run(encoded)))
+            return list(engine.decode(encoded, engine.run(encoded)))
         except Exception as exc:
             if len(items) == 1:
                 log.warning("inference failed on %s: %s: %s", where(items[0].source), type(exc).__name__, exc)
                 return [Invalid("inference_failed", f"{type(exc).__name__}: {str(exc)[:1000]}")]
             half = len(items) // 2
-            return self._bisect(items[:half]) + self._bisect(items[half:])
+            return self._bisect(items[:half], engine) + self._bisect(items[half:], engine)

@@ -217,6 +217,7 @@ class FakeEngine:
     count. `run` raises on any text containing `poison` (or always when `broken`)."""
 
     model_version = "fake-1"
+    taxonomy_version = "tax-1"
 
     def __init__(self, poison: str = "POISON") -> None:
         self.poison, self.broken, self.runs = poison, False, 0
