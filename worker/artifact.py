@@ -44,7 +44,8 @@ def write_manifest(model_dir: Path, **fields: Any) -> Manifest:
         for p in sorted(model_dir.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-    version = model_version_of(files, fields["decisions"])
+    decisions = Decisions.model_validate(fields["decisions"])  # a Decisions or its dict (a re-written manifest)
+    version = model_version_of(files, decisions)
     manifest = Manifest(model_version=version, files=files, **fields)
     (model_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
