@@ -25,12 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_engine(s: WorkerSettings) -> TagEngine:
-    has_int8 = "model.int8.onnx" in load_manifest(s.model.path, verify=False).files
+    files = load_manifest(s.model.path, verify=False).files
     return TagEngine(
         s.model.path,
         provider=s.model.provider,
         allow_cpu_fallback=s.model.allow_cpu_fallback,
-        int8=s.model.serve_int8(has_int8),
+        precision=s.model.serve_precision(files),
+        io_binding=s.model.io_binding,
         intra_op_threads=s.model.intra_op_threads,
         verify=s.model.verify_hashes,
         max_items=s.batching.max_items,
