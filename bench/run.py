@@ -140,6 +140,11 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     model_settings = ModelSettings.model_validate({"provider": args.device, "precision": args.precision})
     args.serving_precision = model_settings.serve_precision(manifest.files)
     if args.device == "cuda":
+        if args.serving_precision != "fp16" and args.precision is None:
+            raise SystemExit(
+                f"{model_dir} has no model.fp16.onnx: re-export it with `tagger export --checkpoint RUN --out "
+                f"{model_dir} --int8 --fp16` (or pass --precision fp32 to benchmark fp32 on the GPU)"
+            )
         require_cuda(model_dir, args.serving_precision)
     n, warm_n = args.events, 4 if args.smoke else 16
     half_n_max = int(args.half_seconds * 5000) if args.smoke else 20_000
