@@ -95,7 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     gpu = args.device == "cuda"
     if gpu and "--max-items" not in (argv or sys.argv):
         args.max_items, args.max_tokens = 256, 32_768  # a GPU wants large batches
-    args.events = args.events or (128 if smoke else 20_000 if gpu else 3000)
+    args.events = args.events or (128 if smoke else 10_000 if gpu else 3000)
     args.naive_events = args.naive_events or (8 if smoke else 300)
     args.batched_events = args.batched_events or (64 if smoke else 5000 if gpu else 1000)
     # hits go out one poll at a time (no batching): several polls are needed to measure a rate
