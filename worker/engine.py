@@ -105,8 +105,9 @@ class TagEngine:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
-        # With CUDA, binding lets ORT copy inputs to the device once and return only the outputs we
-        # name (no per-run output allocation and copy of every graph output); on CPU it buys nothing.
+        # With CUDA, binding has ORT copy the inputs to the device up front and allocate the outputs
+        # there, copied back once per run, instead of staging through its own per-run host buffers
+        # (ORT's advice for GPU serving); on CPU it buys nothing, so it is off there by default.
         self.io_binding = self.provider == PROVIDERS["cuda"] if io_binding is None else io_binding
         facets = decisions.extract_facets
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
