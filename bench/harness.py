@@ -265,14 +265,17 @@ class Bench:
             "TAGGER_BATCHING__MAX_WAIT_MS": str(a.max_wait_ms),
             "TAGGER_BATCHING__MAX_IN_FLIGHT": str(a.max_in_flight),
             "TAGGER_KAFKA__FETCH_MAX_WAIT_MS": str(a.fetch_max_wait_ms),
-            "TAGGER_MODEL__INT8": "true" if a.int8 else "false",
+            "TAGGER_MODEL__PROVIDER": a.device,
+            "TAGGER_KAFKA__CLIENT": a.client,
             "TAGGER_HTTP__HOST": "127.0.0.1",
             "TAGGER_LOG__LEVEL": "INFO",
         }
         env.update(group_timeouts(a.smoke))
+        if a.precision is not None:  # else the worker's own choice (int8 on CPU, fp16 on CUDA, when present)
+            env["TAGGER_MODEL__PRECISION"] = a.precision
         return env
 
-    def start_worker(self, name: str, prefix: str) -> WorkerProc:
+    def start_worker(self, name: str, prefix: str, **env_overrides: str) -> WorkerProc:
         from scripts.local_services import free_port
 
         suffix = f"bench-{self.run_id}-{name}"
@@ -286,7 +289,7 @@ class Bench:
             suffix,
             TAGGER_HTTP__PORT=str(port),
             TAGGER_REDIS__KEY_PREFIX=prefix,
-            **self.worker_settings_env(),
+            **(self.worker_settings_env() | env_overrides),
         )
         if prefix not in self.stack.prefixes:
             self.stack.prefixes.append(prefix)

@@ -30,11 +30,12 @@ class TorchTagger:
     model: Any
     tokenizer: Any
     labels: list[str]
-    thresholds: Any  # torch.Tensor [labels]
+    thresholds: Any  # torch.Tensor [labels], on the CPU
     max_seq_len: int
+    device: str = "cpu"
 
     @classmethod
-    def load(cls, run_dir: Path, threads: int | None = None) -> TorchTagger:
+    def load(cls, run_dir: Path, threads: int | None = None, device: str = "cpu") -> TorchTagger:
         import torch
         from transformers import AutoTokenizer
 
@@ -45,7 +46,8 @@ class TorchTagger:
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "encoder")
         # The naive competitor: the encoder's own tags over threshold (no lexical channel, no decisions).
         thresholds = torch.tensor(meta.decisions.thresholds, dtype=torch.float32)
-        return cls(model, tokenizer, meta.decisions.labels, thresholds, meta.max_seq_len)
+        model.to(device)
+        return cls(model, tokenizer, meta.decisions.labels, thresholds, meta.max_seq_len, device)
 
     def tag(self, texts: list[str]) -> list[list[tuple[str, float]]]:
         """Tags over threshold per text, highest first; texts are padded to the longest in the list."""
@@ -53,10 +55,10 @@ class TorchTagger:
 
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_len, return_tensors="pt")
         with torch.inference_mode():
-            out = self.model(enc["input_ids"], enc["attention_mask"])
+            out = self.model(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
             # A model with an extractive head also returns span logits (the ONNX graph computes them too).
             logits = out[0] if isinstance(out, tuple) else out
-            scores = torch.sigmoid(logits)
+            scores = torch.sigmoid(logits).cpu()
         out = []
         for row in scores:
             hits = torch.nonzero(row >= self.thresholds).flatten().tolist()

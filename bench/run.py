@@ -8,11 +8,18 @@ as its own process exactly as deployed, on real Flipkart titles:
 2. half load: a paced producer at half the full-load rate (fresh topic, cold cache) -> latency,
    against the target max_wait_ms + 2 x one batch's inference time;
 3. cache-hit replay: the same products again with run 1's key prefix (every one a Redis hit);
+   Run twice, once per Kafka client (kafka-python, confluent = librdkafka);
 4. inference only: the worker's TagEngine (ONNX fp32, int8) and the torch model, same texts and
    micro-batch sizes, no Kafka or Redis;
 5. naive: one message at a time through torch with an auto-committing kafka-python consumer
    (bench/naive.py);
-6. the worker's own per-stage breakdown, scraped from its /metrics.
+6. batched competitor: poll 64 -> one batched torch pass -> produce -> commit (bench/batched.py);
+7. the worker's own per-stage breakdown, scraped from its /metrics.
+
+The worker serves what it serves by default (int8 on CPU when the artifact has it); `--precision`
+overrides. `--device cuda` (`make bench-gpu`) is the GPU mode: CUDA provider, fp16 when the artifact
+has model.fp16.onnx, larger batches and bursts, torch competitors on the GPU; it stops at once with
+"no CUDA provider" where ONNX Runtime cannot start CUDA.
 
 Timestamps are Kafka's: a product event's CreateTime (set by our producer) and the tag event's
 CreateTime (set by the worker's producer when it sends). The last stdout line is one JSON object.
@@ -36,7 +43,7 @@ from typing import Any
 
 from bench.harness import REAL_MODEL, Bench, Stack, group_timeouts, load_products, machine
 from bench.report import finite, json_default, render
-from bench.scenarios import cache_replay, full_load, half_load, inference_only, kafka_floor, naive
+from bench.scenarios import batched, cache_replay, full_load, half_load, inference_only, kafka_floor, naive
 from scripts.local_services import ensure_redis, start_tansu
 from scripts.model_cache import FLIPKART, REPO, ensure_model, model_is_usable
 from worker.contract import compose_text
@@ -54,7 +61,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=None, help="model artifact dir (default: runs/flipkart/model)")
     p.add_argument("--run", type=Path, default=None, help="training run dir for torch (model dir's ../run)")
     p.add_argument("--data", type=Path, default=FLIPKART, help="product titles (JSONL)")
-    p.add_argument("--int8", action="store_true", help="serve model.int8.onnx in the worker")
+    p.add_argument("--int8", action="store_true", help="same as --precision int8 (kept for old commands)")
+    p.add_argument(
+        "--precision", choices=("fp32", "int8", "fp16"), default=None,
+        help="graph the worker serves (default: the worker's own choice: int8 on CPU, fp16 on CUDA, when present)",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="execution provider (cuda: GPU mode)")
+    p.add_argument("--gpu", action="store_true", help="same as --device cuda")
+    p.add_argument(
+        "--client", choices=("kafka-python", "confluent"), default="kafka-python",
+        help="the worker's Kafka client for full and half load (the replay runs both)",
+    )
+    p.add_argument("--batched-events", type=int, default=None, help="events for the batched competitor (1000)")
     p.add_argument("--max-items", type=int, default=b.max_items)
     p.add_argument("--max-tokens", type=int, default=b.max_tokens)
     p.add_argument("--max-wait-ms", type=float, default=b.max_wait_ms)
@@ -68,12 +86,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-logs", action="store_true", help="keep worker and broker logs (path in the JSON)")
     args = p.parse_args(argv)
     smoke = args.smoke
-    args.events = args.events or (128 if smoke else 3000)
+    if args.gpu:
+        args.device = "cuda"
+    if args.int8:
+        if args.precision not in (None, "int8"):
+            p.error("--int8 contradicts --precision")
+        args.precision = "int8"
+    gpu = args.device == "cuda"
+    if gpu and "--max-items" not in (argv or sys.argv):
+        args.max_items, args.max_tokens = 256, 32_768  # a GPU wants large batches
+    args.events = args.events or (128 if smoke else 10_000 if gpu else 3000)
     args.naive_events = args.naive_events or (8 if smoke else 300)
+    args.batched_events = args.batched_events or (64 if smoke else 5000 if gpu else 1000)
     # hits go out one poll at a time (no batching): several polls are needed to measure a rate
     args.replay_events = args.replay_events or (4 * args.events if smoke else max(args.events, 20_000))
-    args.half_seconds = args.half_seconds or (2.0 if smoke else 18.0)
+    args.half_seconds = args.half_seconds or (2.0 if smoke else 12.0 if gpu else 18.0)
     return args
+
+
+def require_cuda(model_dir: Path, precision: str) -> None:
+    """Fail fast where ONNX Runtime cannot start CUDA (onnxruntime-gpu lists the provider as available
+    even without a GPU; only a session shows what it really runs on)."""
+    from worker.engine import EngineError, TagEngine
+
+    try:
+        TagEngine(model_dir, provider="cuda", precision=precision, verify=False)
+    except EngineError as exc:
+        raise SystemExit(f"no CUDA provider: the GPU benchmark needs a CUDA GPU and onnxruntime-gpu ({exc})") from None
 
 
 def resolve_model(args: argparse.Namespace) -> tuple[Path, Path | None]:
@@ -95,8 +134,18 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     if run_dir is None:
         raise SystemExit("a training run directory (--run) is needed for the torch and naive measurements")
     from worker.artifact import load_manifest
+    from worker.settings import ModelSettings
 
     manifest = load_manifest(model_dir, verify=False)
+    model_settings = ModelSettings.model_validate({"provider": args.device, "precision": args.precision})
+    args.serving_precision = model_settings.serve_precision(manifest.files)
+    if args.device == "cuda":
+        if args.serving_precision != "fp16" and args.precision is None:
+            raise SystemExit(
+                f"{model_dir} has no model.fp16.onnx: re-export it with `tagger export --checkpoint RUN --out "
+                f"{model_dir} --int8 --fp16` (or pass --precision fp32 to benchmark fp32 on the GPU)"
+            )
+        require_cuda(model_dir, args.serving_precision)
     n, warm_n = args.events, 4 if args.smoke else 16
     half_n_max = int(args.half_seconds * 5000) if args.smoke else 20_000
     pool, source = load_products(args.data, n + warm_n + half_n_max)
@@ -111,35 +160,44 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     stack.broker = start_tansu(log_dir=stack.workdir)
     stack.redis = ensure_redis()
 
-    log.info("1/5 full load: %d events", n)
+    log.info("1/6 full load: %d events", n)
     full = full_load(b, pool, n, warm, prefix_cold)
     log.info("full load: %.1f events/s, p99 %.0f ms", full["eps"], full["p99_ms"])
     worker_eps = full["eps"]
 
     rate = max(1.0, worker_eps / 2)
-    log.info("2/5 half load: %.1f events/s for %.0f s", rate, args.half_seconds)
+    log.info("2/6 half load: %.1f events/s for %.0f s", rate, args.half_seconds)
     half = half_load(b, pool, rate, args.half_seconds, warm, prefix_half)
     log.info("half load: p99 %.0f ms", half["p99_ms"])
 
-    log.info("2b/5 broker floor: %.1f events/s through Tansu alone", rate)
+    log.info("2b/6 broker floor: %.1f events/s through Tansu alone", rate)
     floor = kafka_floor(b, pool, rate, min(args.half_seconds, 6.0))
     log.info("broker floor: p50 %.0f ms, p99 %.0f ms", floor["p50_ms"], floor["p99_ms"])
 
-    log.info("3/5 cache-hit replay: %d events", args.replay_events)
-    hit = cache_replay(b, pool, n, args.replay_events, prefix_cold)
-    log.info("cache-hit replay: %.1f events/s (%d/%d hits)", hit["eps"], hit["cached"], hit["events"])
+    hits = {}
+    for client in ("kafka-python", "confluent"):
+        log.info("3/6 cache-hit replay with %s: %d events", client, args.replay_events)
+        hits[client] = cache_replay(b, pool, n, args.replay_events, prefix_cold, client)
+        h = hits[client]
+        log.info("cache-hit replay, %s: %.1f events/s (%d/%d hits)", client, h["eps"], h["cached"], h["events"])
+    hit = hits[args.client]
 
-    log.info("4/5 inference only")
+    log.info("4/6 inference only")
     texts = [compose_text(p["title"], p.get("description")) for p in pool[:n]]
     inf = inference_only(model_dir, run_dir, texts, args)
 
-    log.info("5/5 naive: %d events", args.naive_events)
+    log.info("5/6 naive: %d events", args.naive_events)
     from bench.naive import TorchTagger
 
-    nv = naive(b, TorchTagger.load(run_dir), pool, args.naive_events)
+    torch_tagger = TorchTagger.load(run_dir, device=args.device)
+    nv = naive(b, torch_tagger, pool, args.naive_events)
     log.info("naive: %.1f events/s", nv["eps"])
+    log.info("6/6 batched competitor: %d events", args.batched_events)
+    bt = batched(b, torch_tagger, pool, args.batched_events, max_records=64)
+    log.info("batched competitor: %.1f events/s", bt["eps"])
 
-    serving = "onnx_int8" if args.int8 else "onnx_fp32"
+    gpu = args.device == "cuda"
+    serving = f"onnx_{args.serving_precision}" + ("_cuda" if gpu else "")
     inference_eps = inf[serving]["eps"]
     half_inf = half["breakdown"]["mean_inference_ms"]
     full_inf = full["breakdown"]["mean_inference_ms"]
@@ -151,7 +209,10 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "max_wait_ms": args.max_wait_ms,
         "max_in_flight": args.max_in_flight,
         "fetch_max_wait_ms": args.fetch_max_wait_ms,
-        "int8": args.int8,
+        "int8": args.serving_precision == "int8",
+        "precision": args.serving_precision,
+        "device": args.device,
+        "client": args.client,
         "linger_ms": k.linger_ms,
         "max_poll_records": k.max_poll_records,
         "intra_op_threads": f"0 (= {os.cpu_count()})",
@@ -175,15 +236,20 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "half_load": half,
         "broker_floor_half_rate": floor,
         "cache_hit": hit,
+        "cache_hit_by_client": hits,
         "inference_only": inf,
         "naive": nv,
+        "batched": bt,
         "naive_eps": nv["eps"],
+        "batched_baseline_eps": bt["eps"],
         "worker_eps": worker_eps,
         "inference_only_eps": inference_eps,
         "onnx_fp32_eps": inf.get("onnx_fp32", {}).get("eps"),
         "onnx_int8_eps": inf.get("onnx_int8", {}).get("eps"),
         "torch_fp32_eps": inf.get("torch_fp32", {}).get("eps"),
         "cache_hit_eps": hit["eps"],
+        "cache_hit_eps_kafka_python": hits["kafka-python"]["eps"],
+        "cache_hit_eps_confluent": hits["confluent"]["eps"],
         "p50_ms_full_load": full["p50_ms"],
         "p95_ms_full_load": full["p95_ms"],
         "p99_ms_full_load": full["p99_ms"],
@@ -198,9 +264,11 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "cache_hit_target_eps": 20_000,
         "cache_hit_target_met": hit["eps"] >= 20_000,
         "speedup_vs_naive": worker_eps / nv["eps"],
+        "speedup_vs_batched": worker_eps / bt["eps"],
+        "worker_share_of_inference": worker_eps / inference_eps,
         "io_overhead_share": 1 - worker_eps / inference_eps,
         "breakdown": full["breakdown"],
-    }
+    } | ({"gpu_inference_only_eps": inference_eps, "gpu_worker_eps": worker_eps} if gpu else {})
 
 
 @contextlib.contextmanager

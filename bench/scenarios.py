@@ -59,21 +59,25 @@ def half_load(
     return result
 
 
-def cache_replay(b: Bench, pool: list[dict[str, str]], n: int, replay: int, prefix: str) -> dict[str, Any]:
-    """Pre-produce the backlog, then start the worker: it drains nothing but cache hits."""
-    suffix_name = "replay"
+def cache_replay(
+    b: Bench, pool: list[dict[str, str]], n: int, replay: int, prefix: str, client: str
+) -> dict[str, Any]:
+    """Pre-produce the backlog, then start the worker (Kafka client `client`): it drains nothing
+    but cache hits."""
+    suffix_name = f"replay-{client}"
     products = cycle(pool[:n], 0, replay)
     suffix = f"bench-{b.run_id}-{suffix_name}"  # what start_worker will name the topics
     create_topics(b.bootstrap, {f"in-{suffix}": 4, f"out-{suffix}": 4, f"dlq-{suffix}": 1})
     created = produce_burst(b.bootstrap, f"in-{suffix}", event_bytes(products, "replay"))
     t0 = time.monotonic()
-    w = b.start_worker(suffix_name, prefix)
+    w = b.start_worker(suffix_name, prefix, TAGGER_KAFKA__CLIENT=client)
     w.wait_ready()
     t1 = w.wait_produced(replay, timeout_s=120 + replay / 100)
     metrics = w.metrics()
     result = tag_timings(b.read_tags(w, replay), created)
     result["wall_eps_incl_start"] = replay / (t1 - t0)
     result["breakdown"] = stage_breakdown(metrics)
+    result["client"] = client
     w.stop()
     return result
 
@@ -137,8 +141,10 @@ def kafka_floor(b: Bench, pool: list[dict[str, str]], rate: float, duration_s: f
 def inference_only(
     model_dir: Path, run_dir: Path | None, texts: list[str], args: argparse.Namespace
 ) -> dict[str, dict[str, float]]:
-    """The worker's engine (and torch) on the same texts in the worker's micro-batch size."""
-    from worker.engine import TagEngine
+    """The worker's engine (and torch) on the same texts in the worker's micro-batch size: every
+    graph the artifact has on the CPU, and on `--device cuda` the served graph on the GPU too."""
+    from worker.artifact import load_manifest
+    from worker.engine import GRAPHS, TagEngine
 
     chunks = [texts[i : i + args.max_items] for i in range(0, len(texts), args.max_items)]
     out: dict[str, dict[str, float]] = {}
@@ -152,20 +158,22 @@ def inference_only(
         out[name] = {"items": len(texts), "seconds": elapsed, "eps": len(texts) / elapsed}
         log.info("inference only, %s: %.1f items/s", name, len(texts) / elapsed)
 
-    for int8 in (False, True):
-        name = "onnx_int8" if int8 else "onnx_fp32"
-        try:
-            engine = TagEngine(model_dir, int8=int8, max_items=args.max_items, max_tokens=args.max_tokens)
-        except Exception as exc:  # no model.int8.onnx in this artifact
-            log.info("%s skipped: %s", name, exc)
-            continue
+    files = load_manifest(model_dir, verify=False).files
+    runs = [("cpu", p) for p in ("fp32", "int8") if GRAPHS[p] in files]
+    if args.device == "cuda":
+        runs = [("cuda", args.serving_precision)]  # CPU graphs on GPU-sized inputs would take minutes
+    for device, precision in runs:
+        name = f"onnx_{precision}" + ("_cuda" if device == "cuda" else "")
+        engine = TagEngine(
+            model_dir, provider=device, precision=precision, max_items=args.max_items, max_tokens=args.max_tokens
+        )
         timed(name, engine.tag_texts)
         del engine
     if run_dir is not None:
         from bench.naive import TorchTagger
 
-        tagger = TorchTagger.load(run_dir)
-        timed("torch_fp32", tagger.tag)
+        tagger = TorchTagger.load(run_dir, device=args.device)
+        timed("torch_fp32" + ("_cuda" if args.device == "cuda" else ""), tagger.tag)
     return out
 
 
@@ -188,6 +196,23 @@ def naive(b: Bench, tagger: Any, pool: list[dict[str, str]], m: int) -> dict[str
     )
 
 
-# -- report ------------------------------------------------------------------------------------
+def batched(b: Bench, tagger: Any, pool: list[dict[str, str]], m: int, max_records: int) -> dict[str, float]:
+    from bench.batched import run_batched
+
+    suffix = f"bench-{b.run_id}-batched"
+    create_topics(b.bootstrap, {f"in-{suffix}": 4, f"out-{suffix}": 4})
+    produce_burst(b.bootstrap, f"in-{suffix}", event_bytes(pool[:m], "batched"))
+    timeouts = group_timeouts(b.args.smoke)
+    return run_batched(
+        b.bootstrap,
+        f"in-{suffix}",
+        f"out-{suffix}",
+        f"g-{suffix}",
+        tagger,
+        m,
+        max_records=max_records,
+        session_timeout_ms=int(timeouts["TAGGER_KAFKA__SESSION_TIMEOUT_MS"]),
+        heartbeat_interval_ms=int(timeouts["TAGGER_KAFKA__HEARTBEAT_INTERVAL_MS"]),
+    )
 
 

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 ATOL = 1e-4
+# fp16 keeps ~3 significant digits: logits of a few units move by ~1e-3..1e-2 (measured 4.4e-3 on the
+# Flipkart MiniLM). Its own tolerance, and a floor on how many tag decisions must stay the same.
+FP16_ATOL = 0.05
+FP16_MIN_AGREEMENT = 0.999
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
@@ -50,7 +54,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also write a dynamically quantized model.int8.onnx (default: yes; the worker and `predict` serve "
         "it on CPU when present; --no-int8 to skip)",
     )
+    p.add_argument(
+        "--fp16", action="store_true", help="also write a half-precision model.fp16.onnx (GPUs; float32 I/O)"
+    )
     p.add_argument("--atol", type=float, default=ATOL, help=f"max |torch - onnx| logit difference ({ATOL})")
+    p.add_argument(
+        "--fp16-atol", type=float, default=FP16_ATOL, help=f"max |fp32 - fp16| ONNX logit difference ({FP16_ATOL})"
+    )
+    p.add_argument(
+        "--fp16-min-agreement",
+        type=float,
+        default=FP16_MIN_AGREEMENT,
+        help=f"least share of (item, tag) decisions fp16 must share with fp32 on validation ({FP16_MIN_AGREEMENT})",
+    )
     p.add_argument("--parity-items", type=int, default=256, help="validation items compared (default 256)")
 
 
@@ -72,18 +88,26 @@ def onnx_logits(session: ort.InferenceSession, ids: list[list[int]], pad_id: int
     return onnx_outputs(session, ids, pad_id, n_labels)[0]
 
 
-def check_parity(reference: np.ndarray, candidate: np.ndarray, labels: list[str], atol: float) -> float:
+def check_parity(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    labels: list[str],
+    atol: float,
+    names: tuple[str, str] = ("torch", "onnx"),
+) -> float:
     """Max abs difference; raises listing every (item, label) beyond atol."""
     diff = np.abs(reference - candidate)
     bad = np.argwhere(diff > atol)
     if len(bad):
+        ref, cand = names
         lines = [
-            f"item {i} {labels[j]!r}: torch {reference[i, j]:.6f} onnx {candidate[i, j]:.6f} (|diff| {diff[i, j]:.2e})"
+            f"item {i} {labels[j]!r}: {ref} {reference[i, j]:.6f} {cand} {candidate[i, j]:.6f} "
+            f"(|diff| {diff[i, j]:.2e})"
             for i, j in bad[:50]
         ]
         more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
         raise ExportValidationError(
-            f"ONNX output differs from PyTorch beyond atol={atol} in {len(bad)} values:\n  " + "\n  ".join(lines) + more
+            f"{cand} output differs from {ref} beyond atol={atol} in {len(bad)} values:\n  " + "\n  ".join(lines) + more
         )
     return float(diff.max()) if diff.size else 0.0
 
@@ -187,6 +211,21 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    fp16_logit_diff = None
+    if args.fp16:
+        fp16_path = out / "model.fp16.onnx"
+        write_fp16(onnx_path, fp16_path)
+        fp16_logits, fp16_spans = onnx_outputs(_session(fp16_path), parity_ids, pad_id, len(labels))
+        fp16_logit_diff = check_parity(got_logits, fp16_logits, labels, args.fp16_atol, ("fp32", "fp16"))
+        if got_spans is not None and fp16_spans is not None:
+            classes = [f"span-class-{c}" for c in range(got_spans[0].shape[-1])]
+            pair = ("fp32", "fp16")
+            span16 = check_parity(np.vstack(got_spans), np.vstack(fp16_spans), classes, args.fp16_atol, pair)
+            fp16_logit_diff = max(fp16_logit_diff, span16)
+        print(
+            f"fp16 parity: {len(parity_ids)} validation items, max |fp32 - fp16| logit = {fp16_logit_diff:.2e} "
+            f"(atol {args.fp16_atol})"
+        )
     fields = dict(
         base_model=meta.base_model,
         decisions=decisions,
@@ -223,12 +262,32 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
         "ablation": meta.ablation,
         "parity": {"items": len(parity_ids), "max_abs_logit_diff": max_diff, "atol": args.atol, "tag_sets_equal": 1.0},
     }
-    int8_info = None
-    if args.int8:
+    int8_info = fp16_info = None
+    if args.int8 or args.fp16:
         y = binarize([r.tags for r in val_rows], labels)
         tags32 = engine.tag_texts(val_texts)
-        tags8 = TagEngine(out, int8=True).tag_texts(val_texts)
         d32 = binarize([[t.tag for t in x] for x in tags32], labels)
+    if args.fp16:
+        # Validated on the CPU provider (ORT runs fp16 graphs there, slowly): the same graph a GPU serves.
+        tags16 = TagEngine(out, precision="fp16").tag_texts(val_texts)
+        d16 = binarize([[t.tag for t in x] for x in tags16], labels)
+        fp16_info = {
+            "items": len(val_texts),
+            "max_abs_logit_diff": fp16_logit_diff,
+            "atol": args.fp16_atol,
+            "decision_agreement": round(float((d32 == d16).mean()), 6),
+            "identical_tag_sets": round(float((d32 == d16).all(axis=1).mean()), 4),
+            "micro_f1_fp32": round(micro_f1(y, d32), 4),
+            "micro_f1_fp16": round(micro_f1(y, d16), 4),
+        }
+        print("fp16 vs fp32 on the validation split:", json.dumps(fp16_info))
+        if fp16_info["decision_agreement"] < args.fp16_min_agreement:
+            raise ExportValidationError(
+                f"fp16 tag decisions agree with fp32 on {fp16_info['decision_agreement']:.6f} of (item, tag) pairs, "
+                f"below --fp16-min-agreement {args.fp16_min_agreement}"
+            )
+    if args.int8:
+        tags8 = TagEngine(out, int8=True).tag_texts(val_texts)
         d8 = binarize([[t.tag for t in x] for x in tags8], labels)
         int8_info = {
             "items": len(val_texts),
@@ -238,7 +297,21 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
             "micro_f1_int8": round(micro_f1(y, d8), 4),
         }
         print("int8 vs fp32 on the validation split:", json.dumps(int8_info))
-    return write_manifest(out, **fields, metrics=metrics, int8=int8_info)
+    return write_manifest(out, **fields, metrics=metrics, int8=int8_info, fp16=fp16_info)
+
+
+def write_fp16(fp32_path: Path, fp16_path: Path) -> None:
+    """Half-precision weights and activations with float32 inputs/outputs (callers feed and read the
+    same arrays as for fp32). ORT's converter keeps ops that have no fp16 kernel in fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(fp32_path))
+    with warnings.catch_warnings():
+        # It warns for every weight outside fp16's range that it clamps; the parity check decides.
+        warnings.simplefilter("ignore", UserWarning)
+        half = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(half, str(fp16_path))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,13 @@ def test_bench_smoke(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert result["io_overhead_share"] < 1
     for key in ("p50_ms_full_load", "p99_ms_full_load", "p50_ms_half_load", "p95_ms_half_load"):
         assert math.isfinite(result[key]) and result[key] >= 0, key
-    assert result["cache_hit"]["cached"] == result["cache_hit"]["events"]  # the replay was all hits
+    assert set(result["cache_hit_by_client"]) == {"kafka-python", "confluent"}
+    for client, replay in result["cache_hit_by_client"].items():
+        assert replay["client"] == client
+        assert replay["cached"] == replay["events"] > 0, client  # each replay was all hits
+        assert replay["missing"] == 0, client
+    assert result["batched"]["events"] >= 64  # the batched competitor consumed its whole backlog
+    assert result["settings"]["precision"] == "int8"  # the worker's CPU default, the artifact has int8
+    assert "| batched competitor" in stdout
     assert result["full_load"]["missing"] == 0
     assert set(result["breakdown"]["stages"]) >= {"poll", "cache_get", "inference", "produce", "commit"}

@@ -57,3 +57,17 @@ def test_int8_defaults_to_on_for_cpu_when_the_artifact_has_it(monkeypatch: pytes
     monkeypatch.setenv("TAGGER_MODEL__INT8", "false")
     monkeypatch.setenv("TAGGER_MODEL__PROVIDER", "cpu")
     assert load_settings().model.serve_int8(artifact_has_int8=True) is False
+
+
+def test_precision_follows_provider_and_artifact_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    both = {"model.onnx", "model.int8.onnx", "model.fp16.onnx"}
+    assert load_settings().model.serve_precision(both) == "int8"
+    assert load_settings().model.serve_precision({"model.onnx", "model.fp16.onnx"}) == "fp32"  # no fp16 on CPU
+    monkeypatch.setenv("TAGGER_MODEL__PROVIDER", "cuda")
+    assert load_settings().model.serve_precision(both) == "fp16"
+    assert load_settings().model.serve_precision({"model.onnx", "model.int8.onnx"}) == "fp32"
+    monkeypatch.setenv("TAGGER_MODEL__PRECISION", "fp32")
+    assert load_settings().model.serve_precision(both) == "fp32"
+    monkeypatch.setenv("TAGGER_MODEL__INT8", "true")  # the older switch contradicting the new one
+    with pytest.raises(SettingsError, match="TAGGER_MODEL"):
+        load_settings()

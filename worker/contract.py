@@ -269,6 +269,7 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(description="relative path -> sha256 of every artifact file.")
     metrics: dict[str, Any] = {}
     int8: dict[str, Any] | None = None
+    fp16: dict[str, Any] | None = Field(None, description="model.fp16.onnx vs fp32 on validation, when exported")
     training: dict[str, Any] = {}
     taxonomy_version: str | None = Field(
         None, description="Taxonomy release the labels come from (None: exported before it was recorded)."

@@ -81,6 +81,16 @@ def cache_key(prefix: str, model_version: str, chash: str) -> str:
     return f"{prefix}{model_version}:{chash}"
 
 
+_NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
+
+
 def event_id(product_id: str, chash: str, model_version: str) -> str:
-    """Same product, content and model -> same id, so replays after a crash are recognisable."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{product_id}\x00{chash}\x00{model_version}"))
+    """Same product, content and model -> same id, so replays after a crash are recognisable.
+
+    `uuid.uuid5(EVENT_NAMESPACE, name)` computed inline (same string; a test compares them): the
+    UUID object round trip was ~10% of the cache-hit path."""
+    b = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{product_id}\x00{chash}\x00{model_version}".encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50  # version 5
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -26,6 +26,8 @@ from worker.spans import extract, known_spellings, merge
 log = logging.getLogger(__name__)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+GRAPHS = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+EXPORT_FLAG = {"int8": "--int8", "fp16": "--fp16"}
 
 
 class EngineError(Exception):
@@ -70,6 +72,8 @@ class TagEngine:
         provider: str = "cpu",
         allow_cpu_fallback: bool = False,
         int8: bool = False,
+        precision: str | None = None,
+        io_binding: bool | None = None,
         intra_op_threads: int = 0,
         verify: bool = True,
         max_items: int = 64,
@@ -78,10 +82,16 @@ class TagEngine:
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify=verify)
-        onnx_name = "model.int8.onnx" if int8 else "model.onnx"
+        # `precision` names the graph; the older `int8` switch is kept for callers that use it.
+        self.precision = precision or ("int8" if int8 else "fp32")
+        if self.precision not in GRAPHS:
+            raise EngineError(f"unknown precision {self.precision!r}; choose one of {sorted(GRAPHS)}")
+        onnx_name = GRAPHS[self.precision]
         if onnx_name not in self.manifest.files:
-            raise ArtifactError(f"{self.model_dir}: no {onnx_name} (export with --int8 to serve int8)")
-        self.max_items, self.max_tokens, self.int8 = max_items, max_tokens, int8
+            flag = EXPORT_FLAG.get(self.precision, "")
+            raise ArtifactError(f"{self.model_dir}: no {onnx_name} (export with {flag} to serve {self.precision})")
+        self.max_items, self.max_tokens = max_items, max_tokens
+        self.int8 = self.precision == "int8"
         decisions = self.manifest.decisions
         self.labels = decisions.labels
         self.decider = decisions.decider()
@@ -95,6 +105,10 @@ class TagEngine:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
+        # With CUDA, binding has ORT copy the inputs to the device up front and allocate the outputs
+        # there, copied back once per run, instead of staging through its own per-run host buffers
+        # (ORT's advice for GPU serving); on CPU it buys nothing, so it is off there by default.
+        self.io_binding = self.provider == PROVIDERS["cuda"] if io_binding is None else io_binding
         facets = decisions.extract_facets
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
         self.single_slots = set(decisions.single_slots)
@@ -102,7 +116,8 @@ class TagEngine:
 
     @property
     def model_version(self) -> str:
-        return self.manifest.model_version + ("-int8" if self.int8 else "")
+        """Cache keys and tag events carry it: int8/fp16 tags can differ from fp32 on a few items."""
+        return self.manifest.model_version + ("" if self.precision == "fp32" else f"-{self.precision}")
 
     @property
     def taxonomy_version(self) -> str:
@@ -144,9 +159,20 @@ class TagEngine:
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
-        outputs = self.session.run(self.output_names, {k: v for k, v in feed.items() if k in self.input_names})
+        feed = {k: v for k, v in feed.items() if k in self.input_names}
+        outputs = self._run_bound(feed) if self.io_binding else self.session.run(self.output_names, feed)
         res = dict(zip(self.output_names, outputs, strict=True))
         return res["logits"], res.get("span_logits") if self.extract_facets else None
+
+    def _run_bound(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        device = "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
+        for name in self.output_names:
+            binding.bind_output(name, device)
+        self.session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
 
     def run(self, items: list[Encoded]) -> Outputs:
         """Run the encoder in length buckets (each within max_items and max_tokens of padding), the

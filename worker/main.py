@@ -29,12 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_engine(s: WorkerSettings, path: Path | None = None) -> TagEngine:
     """The engine for the artifact at `path` (default the model setting's path)."""
     path = path or s.model.path
-    has_int8 = "model.int8.onnx" in load_manifest(path, verify=False).files
+    files = load_manifest(path, verify=False).files
     return TagEngine(
         path,
         provider=s.model.provider,
         allow_cpu_fallback=s.model.allow_cpu_fallback,
-        int8=s.model.serve_int8(has_int8),
+        precision=s.model.serve_precision(files),
+        io_binding=s.model.io_binding,
         intra_op_threads=s.model.intra_op_threads,
         verify=s.model.verify_hashes,
         max_items=s.batching.max_items,

@@ -13,6 +13,7 @@ import orjson
 
 from schemas.events import DeadLetter
 from worker.decode import event_id
+from worker.engine import Tag
 from worker.records import Rejected, where
 from worker.settings import KafkaSettings
 from worker.tagging import Tagged
@@ -33,22 +34,57 @@ class OutMessage:
 def tag_event(
     t: Tagged, model_version: str, tagged_at: str, topic: str, taxonomy_version: str | None = None
 ) -> OutMessage:
-    r, product = t.record, t.record.product
-    # Serialised directly: building pydantic models per event was ~10% of the cache-hit path.
-    ev = {
-        "event_id": event_id(product.product_id, r.chash, model_version),
-        "product_id": product.product_id,
-        "tags": [{"tag": x.tag, "score": float(min(1.0, max(0.0, x.score)))} for x in t.tags],
-        "model_version": model_version,
-        "taxonomy_version": taxonomy_version,
-        "content_hash": r.chash,
-        "tagged_at": tagged_at,
-        "cached": t.cached,
-        "source_topic": r.source.topic,
-        "source_partition": r.source.partition,
-        "source_offset": r.source.offset,
-    }
-    return OutMessage(topic, product.product_id.encode(), orjson.dumps(ev), r.source, tagged=True)
+    """One tag event on its own (BuildMessages builds a batch's events without per-event dicts)."""
+    return _TagEvents(model_version, tagged_at, topic, taxonomy_version)(t)
+
+
+def _tags_json(tags: list[Tag]) -> bytes:
+    return orjson.dumps([{"tag": x.tag, "score": float(min(1.0, max(0.0, x.score)))} for x in tags])
+
+
+# The tag event's JSON (schemas/events.py TagEvent) with its fields in a fixed order, filled per event
+# from pre-serialised parts: byte for byte what orjson.dumps gives for the same dict (a test checks),
+# without building a dict and a tag list per event (~30% of the cache-hit path).
+_TEMPLATE = (
+    b'{"event_id":"%s","product_id":%s,"tags":%s,"model_version":%s,"taxonomy_version":%s,"content_hash":"%s",'
+    b'"tagged_at":%s,"cached":%s,"source_topic":%s,"source_partition":%d,"source_offset":%d}'
+)
+
+
+class _TagEvents:
+    """Tag events of one batch: the batch's constants serialised once; the tags of one result
+    (a cache entry or an inference shared by identical texts) serialised once."""
+
+    def __init__(self, model_version: str, tagged_at: str, topic: str, taxonomy_version: str | None = None) -> None:
+        self.model_version, self.topic = model_version, topic
+        self.version_json, self.tagged_at_json = orjson.dumps(model_version), orjson.dumps(tagged_at)
+        self.taxonomy_json = orjson.dumps(taxonomy_version)
+        self.tags_json: dict[int, tuple[list[Tag], bytes]] = {}  # id(tags) -> (tags kept alive, JSON)
+        self.topic_json: dict[str, bytes] = {}
+
+    def __call__(self, t: Tagged) -> OutMessage:
+        r, product = t.record, t.record.product
+        src, pid = r.source, product.product_id
+        entry = self.tags_json.get(id(t.tags))
+        if entry is None:
+            entry = self.tags_json[id(t.tags)] = (t.tags, _tags_json(t.tags))
+        source_topic = self.topic_json.get(src.topic)
+        if source_topic is None:
+            source_topic = self.topic_json[src.topic] = orjson.dumps(src.topic)
+        value = _TEMPLATE % (
+            event_id(pid, r.chash, self.model_version).encode(),
+            orjson.dumps(pid),
+            entry[1],
+            self.version_json,
+            self.taxonomy_json,
+            r.chash.encode(),
+            self.tagged_at_json,
+            b"true" if t.cached else b"false",
+            source_topic,
+            src.partition,
+            src.offset,
+        )
+        return OutMessage(self.topic, pid.encode(), value, src, tagged=True)
 
 
 def dead_letter(rej: Rejected, stamp: datetime, topic: str) -> OutMessage:
@@ -89,9 +125,9 @@ class BuildMessages:
         stamp = datetime.fromtimestamp(wall_time, UTC)
         tagged_at = stamp.isoformat().replace("+00:00", "Z")
         model = model or self.model
-        version, taxonomy = model.model_version, model.taxonomy_version
+        tag_event = _TagEvents(model.model_version, tagged_at, self.output_topic, model.taxonomy_version)
         return [
-            tag_event(o, version, tagged_at, self.output_topic, taxonomy)
+            tag_event(o)
             if isinstance(o, Tagged)
             else dead_letter(o, stamp, self.dlq_topic)
             for o in outcomes

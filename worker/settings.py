@@ -6,6 +6,7 @@ A bad value fails at start with the field's env name in the message.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
@@ -16,6 +17,7 @@ from schemas.events import MAX_DESCRIPTION_CHARS, MAX_PRODUCT_ID_CHARS, MAX_TITL
 
 ENV_PREFIX = "TAGGER_"
 NESTED = "__"
+Precision = Literal["fp32", "fp16", "int8"]  # model.onnx, model.fp16.onnx, model.int8.onnx
 
 
 class _Section(BaseModel):
@@ -95,6 +97,13 @@ class ModelSettings(_Section):
         None,
         description="Serve model.int8.onnx (true) or model.onnx (false); unset: int8 on CPU when the artifact has it.",
     )
+    precision: Precision | None = Field(
+        None,
+        description="Graph to serve: fp32, int8 (CPU) or fp16 (GPU); unset: int8 on CPU, fp16 on CUDA when present.",
+    )
+    io_binding: bool | None = Field(
+        None, description="Feed ONNX Runtime through I/O binding; unset: on for CUDA (fewer copies), off for CPU."
+    )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core).")
     verify_hashes: bool = Field(True, description="Check every artifact file's sha256 against the manifest.")
     reload_interval_s: float = Field(
@@ -103,11 +112,28 @@ class ModelSettings(_Section):
         description="Check the model path (directory or symlink) for a new artifact this often; 0: no hot reload.",
     )
 
-    def serve_int8(self, artifact_has_int8: bool) -> bool:
-        """int8 is ~2x faster on CPU at equal accuracy (README); on a GPU fp32/fp16 is the better fit."""
+    @model_validator(mode="after")
+    def _one_precision(self) -> ModelSettings:
+        if self.int8 is not None and self.precision is not None and self.int8 != (self.precision == "int8"):
+            raise ValueError(f"int8={self.int8} contradicts precision={self.precision}: set only precision")
+        return self
+
+    def serve_precision(self, artifact_files: Collection[str]) -> Precision:
+        """int8 is ~2x faster on CPU at equal accuracy (README); fp16 is the GPU's native fast path.
+        An explicit `precision` (or the older `int8` switch) wins; otherwise the best graph the
+        artifact has for the provider, else fp32."""
+        if self.precision is not None:
+            return self.precision
         if self.int8 is not None:
-            return self.int8
-        return self.provider == "cpu" and artifact_has_int8
+            return "int8" if self.int8 else "fp32"
+        if self.provider == "cpu" and "model.int8.onnx" in artifact_files:
+            return "int8"
+        if self.provider == "cuda" and "model.fp16.onnx" in artifact_files:
+            return "fp16"
+        return "fp32"
+
+    def serve_int8(self, artifact_has_int8: bool) -> bool:
+        return self.serve_precision({"model.int8.onnx"} if artifact_has_int8 else set()) == "int8"
 
 
 class ShadowSettings(_Section):
