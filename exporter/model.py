@@ -60,7 +60,7 @@ class Tagger(nn.Module):
     def load(cls, run_dir: Path) -> tuple[Tagger, RunMeta]:
         meta = RunMeta.model_validate_json((run_dir / META_FILE).read_text())
         encoder = AutoModel.from_pretrained(run_dir / "encoder", **_pooler_kwargs(run_dir / "encoder"))
-        facets = meta.decisions.extract_facets
+        facets = meta.decisions.head_facets
         n_span = 1 + 2 * len(facets) if facets else 0
         model = cls(encoder, encoder.config.hidden_size, len(meta.decisions.labels), n_span)
         heads = torch.load(run_dir / HEAD_FILE, weights_only=True)

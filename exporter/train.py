@@ -166,12 +166,17 @@ def predict_tags(
     (`worker.engine.TagEngine.decode`) applied to scores computed here."""
     known = known_spellings(decisions.labels)
     decider = decisions.decider()
+    served = set(decisions.extract_facets)
     single = set(decisions.single_slots)
     classified, merged = [], []
     for i, row in enumerate(scores):
         cls = decider.decide(row)
         classified.append([t for t, _ in cls])
-        ext = extract(texts[i], offsets[i], spans[i], decisions.extract_facets) if spans is not None else []
+        ext = (
+            [t for t in extract(texts[i], offsets[i], spans[i], decisions.head_facets) if facet_of(t[0]) in served]
+            if spans is not None
+            else []
+        )
         merged.append([t for t, _ in enforce_single(merge(cls, ext, known), single)])
     return classified, merged
 
@@ -308,10 +313,25 @@ def train(args: argparse.Namespace) -> RunMeta:
         encoder_weight=weight,
         lexical=lexical is not None,
         extract_facets=facets,
+        span_facets=facets,
     )
     fused = fuse(val_scores, lexical_val, weight)
-    val_cls, val_merged = predict_tags(val_texts, val_offsets, fused, val_spans, decisions)
     gold = [r.tags for r in val_rows]
+    val_cls, val_all_spans = predict_tags(val_texts, val_offsets, fused, val_spans, decisions)
+    # The extractor is measured, not trusted: a span head that learned too little (a short budget,
+    # few examples) proposes wrong values that win single-valued slots. Keep a facet's spans only
+    # where they do not lower validation micro-F1.
+    kept = list(facets)
+    for facet in facets:
+        without = decisions.model_copy(update={"extract_facets": [f for f in kept if f != facet]})
+        with_it = decisions.model_copy(update={"extract_facets": kept})
+        f_without = f1_of(gold, predict_tags(val_texts, val_offsets, fused, val_spans, without)[1])
+        f_with = f1_of(gold, predict_tags(val_texts, val_offsets, fused, val_spans, with_it)[1])
+        if f_with < f_without:
+            log.info("extractor: %s spans lower validation micro-F1 (%.4f < %.4f)", facet, f_with, f_without)
+            kept.remove(facet)
+    decisions = decisions.model_copy(update={"extract_facets": kept})
+    val_merged = predict_tags(val_texts, val_offsets, fused, val_spans, decisions)[1]
     served = report(gold, val_merged)
     # What each component adds, on validation (micro-F1 over every gold tag, unknown tags count as
     # misses): the channels alone and fused (out of sample, see `calibrate`), then the decisions and
@@ -320,7 +340,8 @@ def train(args: argparse.Namespace) -> RunMeta:
     ablation = {f"fusion_weight_{k}": v for k, v in by_weight.items()} | {
         "fused_thresholds_only": f1_of(gold, [[t for t, _ in x] for x in plain.decide_all(fused)]),
         "fused_with_decisions": f1_of(gold, val_cls),
-        "served_with_extractor": f1_of(gold, val_merged),
+        "with_every_extract_facet": f1_of(gold, val_all_spans),
+        "served": f1_of(gold, val_merged),
     }
     meta = RunMeta(
         base_model=base_name,

@@ -215,7 +215,16 @@ class Decisions(BaseModel):
     single_slots: list[str] = Field(default_factory=list, description="slots where only the best candidate stays")
     encoder_weight: float = Field(1.0, ge=0.0, le=1.0, description="fusion weight of the encoder channel")
     lexical: bool = Field(False, description="whether the lexical channel is part of the model")
-    extract_facets: list[str] = Field(default_factory=list, description="facets the span head extracts")
+    extract_facets: list[str] = Field(default_factory=list, description="facets whose extracted spans are served")
+    span_facets: list[str] = Field(
+        default_factory=list,
+        description="the span head's facets in class order (its layout; a superset of extract_facets)",
+    )
+
+    @property
+    def head_facets(self) -> list[str]:
+        """The span head's class layout (runs written before `span_facets` existed: extract_facets)."""
+        return self.span_facets or self.extract_facets
 
     @model_validator(mode="after")
     def _consistent(self) -> Decisions:

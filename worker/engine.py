@@ -19,7 +19,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, load_manifest
-from worker.contract import Manifest, enforce_single, fuse, run_bucketed, sigmoid
+from worker.contract import Manifest, enforce_single, facet_of, fuse, run_bucketed, sigmoid
 from worker.lexical import LexicalChannel
 from worker.spans import extract, known_spellings, merge
 
@@ -111,6 +111,7 @@ class TagEngine:
         self.io_binding = self.provider == PROVIDERS["cuda"] if io_binding is None else io_binding
         facets = decisions.extract_facets
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
+        self.span_facets = decisions.head_facets  # the span head's class layout
         self.single_slots = set(decisions.single_slots)
         self._known = known_spellings(self.labels)
 
@@ -194,7 +195,11 @@ class TagEngine:
         for i, row in enumerate(outputs.scores):
             classified = self.decider.decide(row)
             extracted = (
-                extract(items[i].text, items[i].offsets, outputs.spans[i], self.extract_facets)
+                [
+                    t
+                    for t in extract(items[i].text, items[i].offsets, outputs.spans[i], self.span_facets)
+                    if facet_of(t[0]) in self.extract_facets
+                ]
                 if outputs.spans is not None
                 else []
             )
