@@ -2,7 +2,7 @@
 
 import pytest
 
-from worker.spans import IGNORE, Span, align, bio_labels, decode, find_span, merge
+from worker.spans import IGNORE, Span, align, bio_labels, decode, find_span, known_spellings, merge
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,12 @@ def test_alternatives_match_and_map_back_to_the_vocabulary_label() -> None:
     assert find_span(text, "pinkypinky/缤肌") == (0, 2)
     known = known_spellings(["品牌:pinkypinky/缤肌", "category:美妆洗护"])
     assert merge([], [("品牌:缤肌", 0.9)], known) == [("品牌:pinkypinky/缤肌", 0.9)]
+
+
+def test_merge_keeps_a_classified_label_that_differs_from_another_only_in_case() -> None:
+    labels = ["brand:DISNEY", "brand:Disney", "category:Toys"]
+    known = known_spellings(labels)
+    assert merge([("brand:DISNEY", 0.9)], [], known) == [("brand:DISNEY", 0.9)]
+    # an extracted span still takes a vocabulary spelling, and one score per tag survives
+    merged = merge([("brand:Disney", 0.6)], [("brand:disney", 0.8)], known)
+    assert len(merged) == 1 and merged[0][1] == 0.8 and merged[0][0] in {"brand:DISNEY", "brand:Disney"}

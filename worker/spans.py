@@ -149,14 +149,18 @@ def known_spellings(labels: Sequence[str]) -> dict[str, str]:
 def merge(
     classified: Sequence[tuple[str, float]], extracted: Sequence[tuple[str, float]], known: dict[str, str]
 ) -> list[tuple[str, float]]:
-    """One score per tag: extracted tags take the vocabulary's spelling when they match a known
-    label case-insensitively; duplicates keep the higher score; highest score first."""
+    """One score per tag: classified tags keep their own spelling (catalogs have labels that differ
+    only in case, `brand:DISNEY` and `brand:Disney`, and gold uses one of them); extracted tags take
+    the vocabulary's spelling when they match a known label case-insensitively; duplicates keep the
+    higher score; highest score first."""
     best: dict[str, tuple[str, float]] = {}
-    for tag, score in [*classified, *extracted]:
+    for tag, score in classified:
+        if tag not in best or score > best[tag][1]:
+            best[tag] = (tag, score)
+    for tag, score in extracted:
         tag = known.get(tag.casefold(), tag)
-        key = tag.casefold()
-        if key not in best or score > best[key][1]:
-            best[key] = (tag, score)
+        if tag not in best or score > best[tag][1]:
+            best[tag] = (tag, score)
     return sorted(best.values(), key=lambda t: -t[1])
 
 
