@@ -10,7 +10,7 @@ from tests.kafka_helpers import produce
 from worker.kafka_io import KafkaPublisher, KafkaPythonConsumer, connect_consumer
 from worker.rebalance import RebalanceEvents
 from worker.settings import KafkaSettings
-from worker.transport import ConsumedRecord, TopicPartition
+from worker.transport import ConsumedRecord, TopicPartition, is_too_large
 
 
 def _poll_until(consumer: KafkaPythonConsumer, n: int, timeout_s: float = 30) -> list[ConsumedRecord]:
@@ -72,6 +72,20 @@ def test_publisher_flush_reports_acknowledgement(broker: str, unique: str) -> No
         deliveries = [pub.send(topic, b"k", b"v%d" % i) for i in range(3)]
         assert pub.flush(10)
         assert all(d.is_done and d.succeeded() for d in deliveries)
+    finally:
+        pub.close(5)
+
+
+def test_a_record_over_the_size_limit_fails_alone_and_permanently(broker: str, unique: str) -> None:
+    # Before: send() raised for the whole batch and the loop retried it forever.
+    topic = f"out-{unique}"
+    create_topics(broker, {topic: 1})
+    pub = KafkaPublisher(KafkaSettings(bootstrap_servers=broker))
+    try:
+        small, huge = pub.send(topic, b"k", b"small"), pub.send(topic, b"k", b"x" * 5_000_000)
+        assert pub.flush(10)
+        assert small.is_done and small.succeeded()
+        assert huge.is_done and not huge.succeeded() and is_too_large(huge.exception)
     finally:
         pub.close(5)
 

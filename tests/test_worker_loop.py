@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import threading
@@ -379,3 +381,54 @@ def test_cache_hits_skip_batching_and_inference() -> None:
     r.steps(1)
     assert r.consumer.committed_offsets == {r.consumer.tp(): 3}
     assert r.engine.runs == runs + 1 and r.engine.inferred[-1:] == ["something new"]
+
+
+def test_a_huge_value_is_dead_lettered_within_the_broker_limit_and_the_partition_moves_on() -> None:
+    # A 3 MB value (over max_message_bytes) and a 300 KB key: before the cap, its dead letter
+    # (4 MB of base64) was refused and retried forever, and every record behind it was stuck.
+    r = rig(max_items=4)
+    r.publisher.max_message_bytes = 1_000_000  # a default Kafka broker's limit
+    r.abort.deadline = r.clock.now() + 600  # a retry-forever bug ends as a failed batch, not a hang
+    huge, key = b"x" * 3_000_000, b"k" * 300_000
+    r.consumer.produce(product(0))
+    r.consumer.produce(huge, key=key)
+    r.consumer.produce(product(2))
+    r.run_all()
+    (dl_bytes,) = r.publisher.values("dlq")
+    dl = DeadLetter.model_validate_json(dl_bytes)
+    assert dl.error_kind == "too_large" and dl.offset == 1
+    assert dl.truncated and dl.value_size == 3_000_000
+    assert dl.value_sha256 == hashlib.sha256(huge).hexdigest()
+    prefix = base64.b64decode(dl.value_b64)
+    assert 0 < len(prefix) <= LimitSettings().max_dead_letter_value_bytes and huge.startswith(prefix)
+    assert dl.key_truncated and dl.key_size == 300_000 and key.startswith(base64.b64decode(dl.key_b64 or ""))
+    assert [k for t, k, _ in r.publisher.acked if t == "dlq"] == [None]  # the huge key is not the record key
+    assert sorted(r.products()) == ["p-0", "p-2"]
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 3}
+    assert not r.loop.failed
+
+
+def test_a_small_value_is_carried_whole() -> None:
+    r = rig(max_items=1)
+    r.consumer.produce(b"\xffnot utf8", key=b"key-1")
+    r.run_all()
+    (dl,) = [DeadLetter.model_validate_json(v) for v in r.publisher.values("dlq")]
+    assert base64.b64decode(dl.value_b64) == b"\xffnot utf8" and not dl.truncated and not dl.key_truncated
+    assert [k for t, k, _ in r.publisher.acked if t == "dlq"] == [b"key-1"]
+
+
+def test_a_record_kafka_refuses_as_too_large_is_dead_lettered_not_retried_forever() -> None:
+    # The broker's limit can be lower than ours: a refusal for size is permanent for that record.
+    r = rig(max_items=3)
+    r.abort.deadline = r.clock.now() + 600
+    r.publisher.max_message_bytes = 1_000
+    r.consumer.produce(product(0))
+    r.consumer.produce(product(1))
+    r.consumer.produce(b"y" * 5_000)  # its dead letter carries ~6.7 KB of base64: refused
+    r.run_all()
+    dead = [DeadLetter.model_validate_json(v) for v in r.publisher.values("dlq")]
+    assert [(d.offset, d.error_kind, d.value_b64, d.value_size) for d in dead] == [(2, "too_large", "", 5_000)]
+    assert "refused by Kafka" in dead[0].error_message
+    assert sorted(r.products()) == ["p-0", "p-1"]
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 3}
+    assert r.publisher.resets == 0 and not r.loop.failed

@@ -12,7 +12,13 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTP
-from kafka.errors import CommitFailedError, IllegalGenerationError, KafkaError, RebalanceInProgressError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RebalanceInProgressError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from worker.settings import KafkaSettings
@@ -21,6 +27,7 @@ from worker.transport import (
     ConsumedRecord,
     Delivery,
     RebalanceListener,
+    RecordTooLarge,
     TopicPartition,
     TransportError,
 )
@@ -174,6 +181,17 @@ def connect_consumer(s: KafkaSettings) -> KafkaPythonConsumer:
     return KafkaPythonConsumer(consumer, s)
 
 
+class Refused:
+    """`Delivery` of a record the client refused before queueing it (done, failed)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception: BaseException | None = exc
+        self.is_done = True
+
+    def succeeded(self) -> bool:
+        return False
+
+
 class KafkaPublisher:
     """Idempotent producer with acks=all; recreated on demand (a broker that lost the producer id
     rejects every later send from the old client)."""
@@ -205,6 +223,8 @@ class KafkaPublisher:
         try:
             delivery: Delivery = self._client().send(topic, key=key, value=value)
             return delivery
+        except MessageSizeTooLargeError as exc:  # this record only: the batch's others still go
+            return Refused(RecordTooLarge(f"send: {exc}"))
         except KafkaError as exc:
             raise TransportError(f"send: {type(exc).__name__}: {exc}") from exc
 

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     connect = kafka_confluent.connect_consumer if confluent else kafka_io.connect_consumer
     run_batch = RunBatch(
         TagBatch(engine, cache, settings.redis.key_prefix, metrics),
-        BuildMessages(k, engine.model_version),
+        BuildMessages(k, engine.model_version, settings.limits),
         Publish(publisher, k, metrics, health, abort, clock),
         metrics,
     )

@@ -4,20 +4,22 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import orjson
 
-from schemas.events import DeadLetter
+from schemas.events import DeadLetter, DeadLetterReason
 from worker.decode import event_id
 from worker.records import Rejected, where
-from worker.settings import KafkaSettings
+from worker.settings import KafkaSettings, LimitSettings
 from worker.tagging import Tagged
 from worker.transport import ConsumedRecord
 
 log = logging.getLogger(__name__)
+DEFAULT_LIMITS = LimitSettings()
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class OutMessage:
     value: bytes
     source: ConsumedRecord
     tagged: bool  # a tag event (False: a dead letter)
+    minimal: bool = False  # a dead letter without any original bytes (nothing left to cut)
 
 
 def tag_event(t: Tagged, model_version: str, tagged_at: str, topic: str) -> OutMessage:
@@ -47,27 +50,71 @@ def tag_event(t: Tagged, model_version: str, tagged_at: str, topic: str) -> OutM
     return OutMessage(topic, product.product_id.encode(), orjson.dumps(ev), r.source, tagged=True)
 
 
-def dead_letter(rej: Rejected, stamp: datetime, topic: str) -> OutMessage:
-    src, raw = rej.source, rej.source.value or b""
+def _b64(b: bytes | None) -> str | None:
+    return None if b is None else base64.b64encode(b).decode()
+
+
+def dead_letter(
+    rej: Rejected,
+    stamp: datetime,
+    topic: str,
+    max_value_bytes: int = DEFAULT_LIMITS.max_dead_letter_value_bytes,
+    max_key_bytes: int = DEFAULT_LIMITS.max_dead_letter_key_bytes,
+) -> OutMessage:
+    log.info("dead-lettering %s: %s: %s", where(rej.source), rej.invalid.reason, rej.invalid.message[:200])
+    return capped_dead_letter(
+        rej.source, rej.invalid.reason, rej.invalid.message, stamp, topic, max_value_bytes, max_key_bytes
+    )
+
+
+def capped_dead_letter(
+    src: ConsumedRecord,
+    reason: DeadLetterReason,
+    message: str,
+    stamp: datetime,
+    topic: str,
+    max_value_bytes: int,
+    max_key_bytes: int,
+) -> OutMessage:
+    """A dead letter that always fits a Kafka message: the original value and key are carried whole
+    up to their caps, else as a prefix with the original size (and the value's sha256)."""
+    raw, key = src.value or b"", src.key
     dl = DeadLetter(
-        error_kind=rej.invalid.reason,
-        error_message=rej.invalid.message[:2000],
+        error_kind=reason,
+        error_message=message[:2000],
         topic=src.topic,
         partition=src.partition,
         offset=src.offset,
         timestamp_ms=src.timestamp_ms,
-        key_b64=base64.b64encode(src.key).decode() if src.key is not None else None,
-        value_b64=base64.b64encode(raw).decode(),
+        key_b64=_b64(None if key is None else key[:max_key_bytes]),
+        value_b64=base64.b64encode(raw[:max_value_bytes]).decode(),
         value_size=len(raw),
         dead_lettered_at=stamp,
+        truncated=len(raw) > max_value_bytes,
+        value_sha256=hashlib.sha256(raw).hexdigest(),
+        key_size=None if key is None else len(key),
+        key_truncated=key is not None and len(key) > max_key_bytes,
     )
-    log.info("dead-lettering %s: %s: %s", where(src), rej.invalid.reason, rej.invalid.message[:200])
-    return OutMessage(topic, src.key, dl.model_dump_json().encode(), src, tagged=False)
+    # An oversized key is not reused as the record key (it alone could exceed the broker's limit).
+    record_key = key if key is not None and len(key) <= max_key_bytes else None
+    return OutMessage(topic, record_key, dl.model_dump_json().encode(), src, tagged=False)
+
+
+def refused_dead_letter(m: OutMessage, error: str, topic: str, stamp: datetime) -> OutMessage:
+    """What replaces a message Kafka refused as too large: a dead letter with no original bytes at
+    all (size and sha256 only), so it cannot be refused for its size again."""
+    what = "tag event" if m.tagged else "dead letter"
+    dl = capped_dead_letter(
+        m.source, "too_large", f"{what} of {len(m.value)} bytes refused by Kafka: {error}", stamp, topic, 0, 0
+    )
+    return replace(dl, minimal=True)
 
 
 class BuildMessages:
-    def __init__(self, kafka: KafkaSettings, model_version: str) -> None:
+    def __init__(self, kafka: KafkaSettings, model_version: str, limits: LimitSettings = DEFAULT_LIMITS) -> None:
         self.output_topic, self.dlq_topic, self.model_version = kafka.output_topic, kafka.dlq_topic, model_version
+        self.max_value_bytes = limits.max_dead_letter_value_bytes
+        self.max_key_bytes = limits.max_dead_letter_key_bytes
 
     def __call__(self, outcomes: list[Tagged | Rejected], wall_time: float) -> list[OutMessage]:
         stamp = datetime.fromtimestamp(wall_time, UTC)
@@ -75,6 +122,6 @@ class BuildMessages:
         return [
             tag_event(o, self.model_version, tagged_at, self.output_topic)
             if isinstance(o, Tagged)
-            else dead_letter(o, stamp, self.dlq_topic)
+            else dead_letter(o, stamp, self.dlq_topic, self.max_value_bytes, self.max_key_bytes)
             for o in outcomes
         ]

@@ -18,6 +18,7 @@ from worker.transport import (
     ConsumedRecord,
     Delivery,
     RebalanceListener,
+    RecordTooLarge,
     TopicPartition,
     TransportError,
 )
@@ -173,6 +174,7 @@ class FakePublisher:
         self.on_stall: Callable[[], None] | None = None  # called when a flush is about to hang
         self.resets = 0
         self.closed = False
+        self.max_message_bytes: int | None = None  # larger records are refused like a broker's limit
         self._lock = threading.Lock()
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
@@ -189,7 +191,9 @@ class FakePublisher:
                     still.append((msg, d))
                     continue
                 d.is_done = True
-                if self.fail_next:
+                if self.max_message_bytes is not None and len(msg[2]) + len(msg[1] or b"") > self.max_message_bytes:
+                    d.exception = RecordTooLarge("MessageSizeTooLargeError (scripted)")
+                elif self.fail_next:
                     self.fail_next -= 1
                     d.exception = TransportError("NotEnoughReplicasError (scripted)")
                 else:
