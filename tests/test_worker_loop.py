@@ -5,15 +5,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import math
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pytest
+
 from schemas.events import DeadLetter, TagEvent
 from worker.clock import Abort
 from worker.health import Health
-from worker.loop import Loop, RunBatch
+from worker.loop import COMMIT_BACKOFF_MAX_S, Loop, RunBatch
 from worker.metrics import Metrics
 from worker.outputs import BuildMessages
 from worker.publish import Publish
@@ -173,6 +176,65 @@ def test_sigterm_with_a_hung_broker_returns_within_the_drain_budget() -> None:
     assert r.consumer.committed_offsets == {tp: 2}, "committed an unacknowledged batch"
     assert all(off <= 2 for c in r.consumer.commit_log for off in c.values())
     assert r.consumer.closed and r.publisher.closed
+
+
+def test_every_wait_of_the_drain_fits_the_budget_counted_from_the_signal() -> None:
+    # The broker goes silent: publish, commit and both closes each use up whatever time they are
+    # given, and the SIGTERM came while a step was blocked. Before: the budget counted from the
+    # start of the drain and the commit took all that was left, the closes came on top (11.6 s
+    # against 10 s in the fault suite).
+    budget = 10.0
+    r = rig(max_items=2, max_in_flight=1, drain_timeout_s=budget, executor=ThreadPoolExecutor(1))
+    for i in range(2):
+        r.consumer.produce(product(i))
+    for i in range(2):
+        r.consumer.produce(product(f"stall-{i}"))
+    r.publisher.stall = lambda value: b"stall" in value
+
+    def broker_freezes_then_sigterm() -> None:
+        if r.abort.requested_at is None:
+            r.consumer.frozen = r.clock
+            r.abort.requested_at = r.clock.now()
+            r.clock.advance(budget / 4)  # the step was blocked in a commit when the signal came
+            r.stop.set()
+            for _ in range(1000):  # let the loop begin its drain before this flush uses up fake time
+                if r.abort.deadline != math.inf:
+                    break
+                threading.Event().wait(0.01)
+
+    r.publisher.on_stall = broker_freezes_then_sigterm
+    code: list[int] = []
+    t = threading.Thread(target=lambda: code.append(r.loop.run()))
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "shutdown did not return"
+    assert code == [0] and r.abort.requested_at is not None
+    assert r.clock.now() - r.abort.requested_at <= budget - 0.5, "no time left for the process to exit"
+    assert r.consumer.closed and r.publisher.closed
+    assert all(off <= 2 for c in r.consumer.commit_log for off in c.values())
+
+
+def test_failed_commits_back_off_and_log_once_per_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: with the broker away, a commit (and a warning) every commit interval, 103 lines in
+    # one 30 s outage of the fault suite; and recovery must not wait long once it is back.
+    r = rig(max_items=2)
+    r.consumer.produce(product(0))
+    r.consumer.produce(product(1))
+    r.consumer.commit_errors = 10**6
+    caplog.set_level(logging.WARNING, logger="worker.loop")
+    for _ in range(400):  # 20 s of steps
+        r.steps(1)
+        assert isinstance(r.executor, ManualExecutor)
+        r.executor.run_all()
+        r.clock.advance(0.05)
+    attempts = 10**6 - r.consumer.commit_errors
+    assert 3 <= attempts <= 10
+    assert len([m for m in caplog.messages if "commit of" in m]) == attempts
+    r.consumer.commit_errors = 0
+    for _ in range(int(COMMIT_BACKOFF_MAX_S / 0.05) + 1):
+        r.steps(1)
+        r.clock.advance(0.05)
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 2}
 
 
 def test_backpressure_pauses_then_resumes() -> None:

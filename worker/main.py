@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     server = serve(settings.http.host, settings.http.port, health, metrics) if settings.http.port else None
 
     def on_signal(signum: int, _frame: object) -> None:
+        if abort.requested_at is None:
+            abort.requested_at = clock.now()
         log.info("%s: draining (budget %.0f s)", signal.Signals(signum).name, settings.shutdown.drain_timeout_s)
         health.stopping = True
         stop.set()

@@ -62,11 +62,14 @@ class FakeConsumer:
         self.listener: RebalanceListener | None = None
         self._rebalances: list[tuple[set[TopicPartition], bool]] = []
         self.poll_errors = 0  # the next n polls raise TransportError
+        self.commit_errors = 0  # the next n commits raise TransportError (broker unreachable)
         self.reject_commits = False
         self.is_connected = True
         self.closed = False
         self.polls = 0
         self.on_poll: Callable[[FakeConsumer], None] | None = None
+        # A silent broker: commit and close use up their whole timeout on this clock (commit then fails).
+        self.frozen: FakeClock | None = None
 
     def tp(self, partition: int = 0) -> TopicPartition:
         return TopicPartition(self.topic, partition)
@@ -133,6 +136,12 @@ class FakeConsumer:
         self.positions[partition] = offset
 
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        if self.frozen is not None:
+            self.frozen.advance(timeout_s)
+            raise TransportError("commit: KafkaTimeoutError (scripted)")
+        if self.commit_errors:
+            self.commit_errors -= 1
+            raise TransportError("commit: KafkaConnectionError (scripted)")
         if self.reject_commits or not set(offsets) <= self._assignment:
             raise CommitRejected("CommitFailedError (scripted)")
         self.commit_log.append(dict(offsets))
@@ -148,6 +157,8 @@ class FakeConsumer:
         return self.is_connected
 
     def close(self, timeout_s: float) -> None:
+        if self.frozen is not None:
+            self.frozen.advance(timeout_s)
         self.closed = True
 
 
@@ -210,6 +221,8 @@ class FakePublisher:
         self.resets += 1
 
     def close(self, timeout_s: float) -> None:
+        if self._pending:  # unacknowledged records: a close waits its whole timeout for them
+            self.clock.advance(timeout_s)
         self.closed = True
 
     def values(self, topic: str) -> list[bytes]:
