@@ -258,6 +258,21 @@ def test_polls_slow_down_while_the_cluster_is_unreachable() -> None:
     assert r.clock.now() == t1 and r.health.kafka_ok  # back at once to polling without pauses
 
 
+def test_no_poll_backoff_while_rejoining_after_a_revoke() -> None:
+    # No heartbeats while rejoining, so the consumer reports "not connected"; backing off then kept
+    # a paused member from ever rejoining in the fault suite's rebalance storm.
+    r = rig()
+    r.steps(2)
+    r.consumer.is_connected = False
+    r.loop.events.on_revoked({r.consumer.tp()})  # kafka-python's listener, before the JoinGroup
+    t0 = r.clock.now()
+    r.steps(5)
+    assert r.clock.now() == t0, "backed off while rejoining"
+    r.loop.events.on_assigned({r.consumer.tp()})
+    r.steps(2)
+    assert r.clock.now() > t0  # assigned again and still cut off: back to backing off
+
+
 def test_backpressure_pauses_then_resumes() -> None:
     r = rig(max_items=1, max_in_flight=1)
     for i in range(3):

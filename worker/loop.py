@@ -289,15 +289,17 @@ class Loop:
             self.clock.wait(self.stop, 0.5)
             return
         self.health.kafka_ok = self.consumer.connected()
-        if not self.health.kafka_ok:
+        fenced, rewound = self._rebalance()
+        if not self.health.kafka_ok and not self._rejoining:
             # Cut off from the cluster, kafka-python's poll returns at once (no coordinator, no
             # fetch to wait on) and each call wakes its IO thread: polled back to back that took
-            # 6-13 CPU-seconds per 20 s of outage. Poll less often, backing off to 1 s.
+            # 6-13 CPU-seconds per 20 s of outage. Poll less often, backing off to 1 s. Never
+            # while rejoining after a revoke (no heartbeats then, so "not connected"): kafka-python
+            # completes a join only inside poll, and a slow member stalls the group's rebalance.
             self._offline_wait = min(OFFLINE_POLL_MAX_S, max(0.05, self._offline_wait * 2))
             self.clock.wait(self.stop, self._offline_wait)
         else:
             self._offline_wait = 0.0
-        fenced, rewound = self._rebalance()
         if not records:
             return
         assigned = self.consumer.assignment()
@@ -345,6 +347,7 @@ class Loop:
         for kind, partitions in self.events.drain():
             names = ", ".join(str(tp) for tp in sorted(partitions))
             if kind == "assigned":
+                self._rejoining = False
                 log.info("partitions assigned: %s", names)
                 # A partition kept across the rebalance keeps its fetch position in kafka-python,
                 # past work that was dropped on revoke: read it again from the last commit.
@@ -355,6 +358,7 @@ class Loop:
                 self.rewind.clear()
                 self.remote_committed.clear()
                 continue
+            self._rejoining = True
             log.info("partitions %s: %s; their uncommitted work is dropped", kind, names)
             self.rewind.update(self.tracker.forget(partitions))
             self.batcher.drop(partial(_in, partitions))
