@@ -73,10 +73,18 @@ class DeadLetter(BaseModel):
     partition: int
     offset: int
     timestamp_ms: int | None = Field(None, description="Kafka timestamp of the original record.")
-    key_b64: str | None = Field(None, description="Original key bytes, base64.")
-    value_b64: str = Field(description="Original value bytes, base64 (exactly what was received).")
-    value_size: int
+    key_b64: str | None = Field(None, description="Original key bytes, base64 (a prefix when `key_truncated`).")
+    value_b64: str = Field(
+        description="Original value bytes, base64: exactly what was received, or a prefix when `truncated`."
+    )
+    value_size: int = Field(description="Size of the original value in bytes (before any truncation).")
     dead_lettered_at: datetime
+    # Added later, optional so that older dead letters still parse: a dead letter must always be
+    # publishable, so it carries at most a bounded prefix of a huge original.
+    truncated: bool = Field(False, description="True when `value_b64` holds only a prefix of the original value.")
+    value_sha256: str | None = Field(None, description="sha256 (hex) of the whole original value.")
+    key_size: int | None = Field(None, description="Size of the original key in bytes (None: no key).")
+    key_truncated: bool = Field(False, description="True when `key_b64` holds only a prefix of the original key.")
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {"product_event": ProductEvent, "tag_event": TagEvent, "dead_letter": DeadLetter}

@@ -52,3 +52,19 @@ def test_json_schemas_match_the_models() -> None:
 def test_readme_names_the_commands_ci_runs() -> None:
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci and "make test" in README.read_text() and "make demo" in README.read_text()
+
+
+def test_dead_letter_fields_added_later_are_optional_both_ways() -> None:
+    # Consumers built on the first contract must keep parsing, and its dead letters must still parse.
+    import json
+
+    from schemas.events import DeadLetter
+
+    schema = json.loads((SCHEMA_DIR / "dead_letter.schema.json").read_text())
+    first = ["error_kind", "error_message", "topic", "partition", "offset", "value_b64", "value_size"]
+    first.append("dead_lettered_at")
+    assert sorted(schema["required"]) == sorted(first)
+    old = {"error_kind": "not_json", "error_message": "m", "topic": "t", "partition": 0, "offset": 1,
+           "value_b64": "", "value_size": 0, "dead_lettered_at": "2026-11-30T12:00:00Z"}  # fmt: skip
+    dl = DeadLetter.model_validate(old)
+    assert not dl.truncated and dl.value_sha256 is None

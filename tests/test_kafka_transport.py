@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from scripts.local_services import create_topics
 from tests.kafka_helpers import produce
 from worker.kafka_io import KafkaPublisher, KafkaPythonConsumer, connect_consumer
 from worker.rebalance import RebalanceEvents
 from worker.settings import KafkaSettings
-from worker.transport import ConsumedRecord, TopicPartition
+from worker.transport import ConsumedRecord, TopicPartition, TransportError, is_too_large
 
 
 def _poll_until(consumer: KafkaPythonConsumer, n: int, timeout_s: float = 30) -> list[ConsumedRecord]:
@@ -76,6 +78,20 @@ def test_publisher_flush_reports_acknowledgement(broker: str, unique: str) -> No
         pub.close(5)
 
 
+def test_a_record_over_the_size_limit_fails_alone_and_permanently(broker: str, unique: str) -> None:
+    # Before: send() raised for the whole batch and the loop retried it forever.
+    topic = f"out-{unique}"
+    create_topics(broker, {topic: 1})
+    pub = KafkaPublisher(KafkaSettings(bootstrap_servers=broker))
+    try:
+        small, huge = pub.send(topic, b"k", b"small"), pub.send(topic, b"k", b"x" * 5_000_000)
+        assert pub.flush(10)
+        assert small.is_done and small.succeeded()
+        assert huge.is_done and not huge.succeeded() and is_too_large(huge.exception)
+    finally:
+        pub.close(5)
+
+
 def test_connected_turns_false_when_the_broker_goes_away(unique: str) -> None:
     # kafka-python's poll returns [] without raising while every broker is down: readiness must
     # come from somewhere else (the group heartbeat's age).
@@ -100,6 +116,36 @@ def test_connected_turns_false_when_the_broker_goes_away(unique: str) -> None:
         assert not c.connected()
         c.close(1)
     finally:
+        svc.stop()
+
+
+def test_producer_close_with_a_frozen_broker_keeps_to_its_timeout(unique: str) -> None:
+    # Before: kafka-python's close raised at its flush timeout and left the client running; its
+    # __del__ then blocked another second (the drain overran its budget in the fault suite).
+    import gc
+    import os
+    import signal
+
+    from scripts.local_services import start_tansu
+
+    svc = start_tansu()
+    assert svc.proc is not None
+    topic = f"out-{unique}"
+    try:
+        create_topics(svc.url, {topic: 1})
+        pub = KafkaPublisher(KafkaSettings(bootstrap_servers=svc.url))
+        assert pub.flush(10) and pub.send(topic, b"k", b"before") is not None and pub.flush(10)
+        os.kill(svc.proc.pid, signal.SIGSTOP)  # silent: connections open, nothing answers
+        pending = pub.send(topic, b"k", b"while frozen")
+        t0 = time.monotonic()
+        with pytest.raises(TransportError):
+            pub.close(1.0)
+        del pub
+        gc.collect()
+        assert time.monotonic() - t0 < 1.6
+        assert pending.is_done and not pending.succeeded()
+    finally:
+        os.kill(svc.proc.pid, signal.SIGCONT)
         svc.stop()
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import logging
 import math
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pytest
+
 from schemas.events import DeadLetter, TagEvent
 from worker.clock import Abort
 from worker.health import Health
-from worker.loop import Loop, RunBatch
+from worker.loop import COMMIT_BACKOFF_MAX_S, Loop, RunBatch
 from worker.metrics import Metrics
 from worker.outputs import BuildMessages
 from worker.publish import Publish
@@ -171,6 +176,101 @@ def test_sigterm_with_a_hung_broker_returns_within_the_drain_budget() -> None:
     assert r.consumer.committed_offsets == {tp: 2}, "committed an unacknowledged batch"
     assert all(off <= 2 for c in r.consumer.commit_log for off in c.values())
     assert r.consumer.closed and r.publisher.closed
+
+
+def test_every_wait_of_the_drain_fits_the_budget_counted_from_the_signal() -> None:
+    # The broker goes silent: publish, commit and both closes each use up whatever time they are
+    # given, and the SIGTERM came while a step was blocked. Before: the budget counted from the
+    # start of the drain and the commit took all that was left, the closes came on top (11.6 s
+    # against 10 s in the fault suite).
+    budget = 10.0
+    r = rig(max_items=2, max_in_flight=1, drain_timeout_s=budget, executor=ThreadPoolExecutor(1))
+    for i in range(2):
+        r.consumer.produce(product(i))
+    for i in range(2):
+        r.consumer.produce(product(f"stall-{i}"))
+    r.publisher.stall = lambda value: b"stall" in value
+
+    def broker_freezes_then_sigterm() -> None:
+        if r.abort.requested_at is None:
+            r.consumer.frozen = r.clock
+            r.abort.requested_at = r.clock.now()
+            r.clock.advance(budget / 4)  # the step was blocked in a commit when the signal came
+            r.stop.set()
+            for _ in range(1000):  # let the loop begin its drain before this flush uses up fake time
+                if r.abort.deadline != math.inf:
+                    break
+                threading.Event().wait(0.01)
+
+    r.publisher.on_stall = broker_freezes_then_sigterm
+    code: list[int] = []
+    t = threading.Thread(target=lambda: code.append(r.loop.run()))
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "shutdown did not return"
+    assert code == [0] and r.abort.requested_at is not None
+    assert r.clock.now() - r.abort.requested_at <= budget - 0.5, "no time left for the process to exit"
+    assert r.consumer.closed and r.publisher.closed
+    assert all(off <= 2 for c in r.consumer.commit_log for off in c.values())
+
+
+def test_failed_commits_back_off_and_log_once_per_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: with the broker away, a commit (and a warning) every commit interval, 103 lines in
+    # one 30 s outage of the fault suite; and recovery must not wait long once it is back.
+    r = rig(max_items=2)
+    r.consumer.produce(product(0))
+    r.consumer.produce(product(1))
+    r.consumer.commit_errors = 10**6
+    caplog.set_level(logging.WARNING, logger="worker.loop")
+    for _ in range(400):  # 20 s of steps
+        r.steps(1)
+        assert isinstance(r.executor, ManualExecutor)
+        r.executor.run_all()
+        r.clock.advance(0.05)
+    attempts = 10**6 - r.consumer.commit_errors
+    assert 3 <= attempts <= 10
+    assert len([m for m in caplog.messages if "commit of" in m]) == attempts
+    r.consumer.commit_errors = 0
+    for _ in range(int(COMMIT_BACKOFF_MAX_S / 0.05) + 1):
+        r.steps(1)
+        r.clock.advance(0.05)
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 2}
+
+
+def test_polls_slow_down_while_the_cluster_is_unreachable() -> None:
+    # kafka-python's poll returns at once without a broker: polled back to back, the loop burnt
+    # 6-13 CPU-seconds per 20 s of outage in the fault suite.
+    r = rig()
+    r.steps(2)
+    r.consumer.is_connected = False
+    t0, polls0 = r.clock.now(), r.consumer.polls
+    for _ in range(1000):
+        if r.clock.now() - t0 >= 20:
+            break
+        r.steps(1)
+    assert r.clock.now() - t0 >= 20, "the loop never waited between polls"
+    assert r.consumer.polls - polls0 <= 30  # about one a second once backed off
+    assert not r.health.ready
+    r.consumer.is_connected = True
+    r.steps(1)
+    t1 = r.clock.now()
+    r.steps(5)
+    assert r.clock.now() == t1 and r.health.kafka_ok  # back at once to polling without pauses
+
+
+def test_no_poll_backoff_while_rejoining_after_a_revoke() -> None:
+    # No heartbeats while rejoining, so the consumer reports "not connected"; backing off then kept
+    # a paused member from ever rejoining in the fault suite's rebalance storm.
+    r = rig()
+    r.steps(2)
+    r.consumer.is_connected = False
+    r.loop.events.on_revoked({r.consumer.tp()})  # kafka-python's listener, before the JoinGroup
+    t0 = r.clock.now()
+    r.steps(5)
+    assert r.clock.now() == t0, "backed off while rejoining"
+    r.loop.events.on_assigned({r.consumer.tp()})
+    r.steps(2)
+    assert r.clock.now() > t0  # assigned again and still cut off: back to backing off
 
 
 def test_backpressure_pauses_then_resumes() -> None:
@@ -379,3 +479,54 @@ def test_cache_hits_skip_batching_and_inference() -> None:
     r.steps(1)
     assert r.consumer.committed_offsets == {r.consumer.tp(): 3}
     assert r.engine.runs == runs + 1 and r.engine.inferred[-1:] == ["something new"]
+
+
+def test_a_huge_value_is_dead_lettered_within_the_broker_limit_and_the_partition_moves_on() -> None:
+    # A 3 MB value (over max_message_bytes) and a 300 KB key: before the cap, its dead letter
+    # (4 MB of base64) was refused and retried forever, and every record behind it was stuck.
+    r = rig(max_items=4)
+    r.publisher.max_message_bytes = 1_000_000  # a default Kafka broker's limit
+    r.abort.deadline = r.clock.now() + 600  # a retry-forever bug ends as a failed batch, not a hang
+    huge, key = b"x" * 3_000_000, b"k" * 300_000
+    r.consumer.produce(product(0))
+    r.consumer.produce(huge, key=key)
+    r.consumer.produce(product(2))
+    r.run_all()
+    (dl_bytes,) = r.publisher.values("dlq")
+    dl = DeadLetter.model_validate_json(dl_bytes)
+    assert dl.error_kind == "too_large" and dl.offset == 1
+    assert dl.truncated and dl.value_size == 3_000_000
+    assert dl.value_sha256 == hashlib.sha256(huge).hexdigest()
+    prefix = base64.b64decode(dl.value_b64)
+    assert 0 < len(prefix) <= LimitSettings().max_dead_letter_value_bytes and huge.startswith(prefix)
+    assert dl.key_truncated and dl.key_size == 300_000 and key.startswith(base64.b64decode(dl.key_b64 or ""))
+    assert [k for t, k, _ in r.publisher.acked if t == "dlq"] == [None]  # the huge key is not the record key
+    assert sorted(r.products()) == ["p-0", "p-2"]
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 3}
+    assert not r.loop.failed
+
+
+def test_a_small_value_is_carried_whole() -> None:
+    r = rig(max_items=1)
+    r.consumer.produce(b"\xffnot utf8", key=b"key-1")
+    r.run_all()
+    (dl,) = [DeadLetter.model_validate_json(v) for v in r.publisher.values("dlq")]
+    assert base64.b64decode(dl.value_b64) == b"\xffnot utf8" and not dl.truncated and not dl.key_truncated
+    assert [k for t, k, _ in r.publisher.acked if t == "dlq"] == [b"key-1"]
+
+
+def test_a_record_kafka_refuses_as_too_large_is_dead_lettered_not_retried_forever() -> None:
+    # The broker's limit can be lower than ours: a refusal for size is permanent for that record.
+    r = rig(max_items=3)
+    r.abort.deadline = r.clock.now() + 600
+    r.publisher.max_message_bytes = 1_000
+    r.consumer.produce(product(0))
+    r.consumer.produce(product(1))
+    r.consumer.produce(b"y" * 5_000)  # its dead letter carries ~6.7 KB of base64: refused
+    r.run_all()
+    dead = [DeadLetter.model_validate_json(v) for v in r.publisher.values("dlq")]
+    assert [(d.offset, d.error_kind, d.value_b64, d.value_size) for d in dead] == [(2, "too_large", "", 5_000)]
+    assert "refused by Kafka" in dead[0].error_message
+    assert sorted(r.products()) == ["p-0", "p-1"]
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 3}
+    assert r.publisher.resets == 0 and not r.loop.failed

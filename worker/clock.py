@@ -33,6 +33,7 @@ class Abort:
     clock: Clock
     event: threading.Event = field(default_factory=threading.Event)
     deadline: float = math.inf
+    requested_at: float | None = None  # clock time of the stop signal: the drain budget counts from it
 
     def set(self) -> None:
         self.event.set()

@@ -474,6 +474,7 @@ class DeliveryFailed(TransportError):
     def __init__(self, message: str, code: int, retriable: bool = False) -> None:
         super().__init__(message)
         self.code, self.retriable = code, retriable
+        self.errno = code  # Kafka's error code (MSG_SIZE_TOO_LARGE = 10): `transport.is_too_large` reads it
 
 
 class ConfluentPublisher:

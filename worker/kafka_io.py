@@ -12,7 +12,13 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTP
-from kafka.errors import CommitFailedError, IllegalGenerationError, KafkaError, RebalanceInProgressError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RebalanceInProgressError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from worker.settings import KafkaSettings
@@ -21,12 +27,14 @@ from worker.transport import (
     ConsumedRecord,
     Delivery,
     RebalanceListener,
+    RecordTooLarge,
     TopicPartition,
     TransportError,
 )
 
 log = logging.getLogger(__name__)
 _REJECTED = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError)
+_FORCED_CLOSE_S = 0.2  # after force_close: time for the sender thread to fail its pending records
 
 
 def client_config(s: KafkaSettings) -> dict[str, Any]:
@@ -174,6 +182,17 @@ def connect_consumer(s: KafkaSettings) -> KafkaPythonConsumer:
     return KafkaPythonConsumer(consumer, s)
 
 
+class Refused:
+    """`Delivery` of a record the client refused before queueing it (done, failed)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception: BaseException | None = exc
+        self.is_done = True
+
+    def succeeded(self) -> bool:
+        return False
+
+
 class KafkaPublisher:
     """Idempotent producer with acks=all; recreated on demand (a broker that lost the producer id
     rejects every later send from the old client)."""
@@ -205,6 +224,8 @@ class KafkaPublisher:
         try:
             delivery: Delivery = self._client().send(topic, key=key, value=value)
             return delivery
+        except MessageSizeTooLargeError as exc:  # this record only: the batch's others still go
+            return Refused(RecordTooLarge(f"send: {exc}"))
         except KafkaError as exc:
             raise TransportError(f"send: {type(exc).__name__}: {exc}") from exc
 
@@ -219,16 +240,27 @@ class KafkaPublisher:
         with self._lock:
             old, self._producer = self._producer, None
         if old is not None:
-            try:
-                old.close(timeout=1)
-            except KafkaError as exc:  # closing a broken client may fail; it is discarded anyway
-                log.debug("closing broken producer: %s", exc)
+            _discard(old, 0.0)  # its unacknowledged records are sent again on the new client
 
     def close(self, timeout_s: float) -> None:
         with self._lock:
             producer, self._producer = self._producer, None
-        if producer is not None:
-            try:
-                producer.close(timeout=timeout_s)
-            except KafkaError as exc:
-                raise TransportError(f"producer close: {exc}") from exc
+        if producer is not None and not _discard(producer, timeout_s):
+            raise TransportError(f"producer close: records unacknowledged after {timeout_s:.1f} s, dropped")
+
+
+def _discard(producer: KafkaProducer, timeout_s: float) -> bool:
+    """Close within about `timeout_s`; True when everything queued was acknowledged. kafka-python's
+    own close() raises when its flush times out and leaves the client running (its __del__ then
+    blocks another second in a flush): fail what is left first, then close."""
+    try:
+        producer.flush(timeout=timeout_s)
+        flushed = True
+    except KafkaError:  # KafkaTimeoutError: records still unacknowledged
+        flushed = False
+        producer._sender.force_close()  # fails the pending records (no public API for that)
+    try:
+        producer.close(timeout=0.0 if flushed else _FORCED_CLOSE_S)
+    except KafkaError as exc:
+        log.debug("closing the producer: %s", exc)
+    return flushed

@@ -37,6 +37,9 @@ from worker.transport import CommitRejected, ConsumedRecord, Consumer, Publisher
 
 log = logging.getLogger(__name__)
 COMMIT_TIMEOUT_S = 10.0
+COMMIT_BACKOFF_MAX_S = 5.0  # a failed commit is retried at most this far apart (recovery stays quick)
+OFFLINE_POLL_MAX_S = 1.0  # while the cluster is unreachable, poll at least this often (quick recovery)
+EXIT_MARGIN_S = 0.75  # of the drain budget, left for the process to exit after the loop stops
 LAG_INTERVAL_S = 5.0
 
 
@@ -143,6 +146,8 @@ class Loop:
         self.failed = False
         self.totals = {"consumed": 0, "tagged": 0, "cached": 0, "dead": 0, "commits": 0}
         self._next_commit = 0.0
+        self._commit_failures = 0
+        self._offline_wait = 0.0
         self._next_lag = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -240,7 +245,7 @@ class Loop:
                 self.failed = True
         self.metrics.in_flight.set(len(self.in_flight))
 
-    def _commit(self, force: bool = False, timeout_s: float = COMMIT_TIMEOUT_S) -> None:
+    def _commit(self, force: bool = False, timeout_s: float | None = None) -> None:
         if self.consumer is None or (not force and self.clock.now() < self._next_commit):
             return
         assigned = self.consumer.assignment()
@@ -248,6 +253,10 @@ class Loop:
         if not offsets:
             return
         self._next_commit = self.clock.now() + self.kafka.commit_interval_ms / 1000
+        if timeout_s is None:
+            # A commit to a silent broker blocks the poll thread for its whole timeout; a SIGTERM
+            # arriving meanwhile must still find most of its drain budget.
+            timeout_s = min(COMMIT_TIMEOUT_S, self.drain_timeout_s / 4)
         try:
             with self.metrics.timed("commit"):
                 self.consumer.commit(offsets, timeout_s)
@@ -258,9 +267,20 @@ class Loop:
             log.warning("commit rejected after a rebalance: %s", exc)
             return
         except TransportError as exc:
+            # Broker away: retry with backoff, one line per attempt (not one per commit interval).
             self.metrics.commit_errors.inc()
-            log.warning("commit of %d partitions failed, retrying: %s", len(offsets), exc)
+            self._commit_failures += 1
+            backoff = min(COMMIT_BACKOFF_MAX_S, 0.2 * 2 ** min(self._commit_failures, 10))
+            self._next_commit = self.clock.now() + backoff
+            log.warning(
+                "commit of %d partitions failed (%d in a row), retrying in %.1f s: %s",
+                len(offsets),
+                self._commit_failures,
+                backoff,
+                exc,
+            )
             return
+        self._commit_failures = 0
         self.tracker.committed(offsets)
         self.totals["commits"] += 1
 
@@ -301,6 +321,16 @@ class Loop:
             return
         self.health.kafka_ok = self.consumer.connected()
         fenced, rewound = self._rebalance()
+        if not self.health.kafka_ok and not self._rejoining:
+            # Cut off from the cluster, kafka-python's poll returns at once (no coordinator, no
+            # fetch to wait on) and each call wakes its IO thread: polled back to back that took
+            # 6-13 CPU-seconds per 20 s of outage. Poll less often, backing off to 1 s. Never
+            # while rejoining after a revoke (no heartbeats then, so "not connected"): kafka-python
+            # completes a join only inside poll, and a slow member stalls the group's rebalance.
+            self._offline_wait = min(OFFLINE_POLL_MAX_S, max(0.05, self._offline_wait * 2))
+            self.clock.wait(self.stop, self._offline_wait)
+        else:
+            self._offline_wait = 0.0
         if not records:
             return
         assigned = self.consumer.assignment()
@@ -348,6 +378,7 @@ class Loop:
         for kind, partitions in self.events.drain():
             names = ", ".join(str(tp) for tp in sorted(partitions))
             if kind == "assigned":
+                self._rejoining = False
                 log.info("partitions assigned: %s", names)
                 # A partition kept across the rebalance keeps its fetch position in kafka-python,
                 # past work that was dropped on revoke: read it again from the last commit.
@@ -358,6 +389,7 @@ class Loop:
                 self.rewind.clear()
                 self.remote_committed.clear()
                 continue
+            self._rejoining = True
             log.info("partitions %s: %s; their uncommitted work is dropped", kind, names)
             self.rewind.update(self.tracker.forget(partitions))
             self.batcher.drop(partial(_in, partitions))
@@ -395,13 +427,15 @@ class Loop:
 
     # -- shutdown -----------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Stop fetching, publish what was consumed, commit, close: all within `drain_timeout_s`.
-        Publishing gets the budget minus a reserve for commit and close; at its deadline `abort`
-        cuts the publish short and those batches stay uncommitted (redelivered after restart)."""
+        """Stop fetching, publish what was consumed, commit, close: all within `drain_timeout_s`,
+        counted from the signal (`abort.requested_at`; a step may have been blocked when it came).
+        Publishing gets the budget minus a reserve; at its deadline `abort` cuts the publish short
+        and those batches stay uncommitted (redelivered after restart). The reserve is shared by
+        the commit and the two closes, each given a part of what is left, and the exit margin."""
         self.health.stopping = True
         self.metrics.ready.set(0)
-        started = self.clock.now()
-        deadline = started + self.drain_timeout_s
+        started = self.abort.requested_at if self.abort.requested_at is not None else self.clock.now()
+        deadline = started + self.drain_timeout_s - min(EXIT_MARGIN_S, self.drain_timeout_s / 10)
         self.abort.deadline = deadline - min(5.0, self.drain_timeout_s / 4)
         if self.failed:
             self.batcher.take_all()
@@ -416,16 +450,20 @@ class Loop:
             if not fut.done():
                 self.abort.set()
                 wait([fut], timeout=2 * FLUSH_SLICE_S)
+
+        def share(fraction: float) -> float:
+            return max(0.05, (deadline - self.clock.now()) * fraction)
+
         self._reap()
-        self._commit(force=True, timeout_s=max(0.1, deadline - self.clock.now()))
+        self._commit(force=True, timeout_s=share(0.4))
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.consumer is not None:
             try:
-                self.consumer.close(timeout_s=max(0.1, deadline - self.clock.now()))
+                self.consumer.close(timeout_s=share(0.5))
             except TransportError as exc:
                 log.warning("consumer close: %s", exc)
         try:
-            self.publisher.close(max(0.1, deadline - self.clock.now()))
+            self.publisher.close(share(1.0))
         except TransportError as exc:
             log.warning("producer close: %s", exc)
         t = self.totals

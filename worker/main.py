@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     server = serve(settings.http.host, settings.http.port, health, metrics) if settings.http.port else None
 
     def on_signal(signum: int, _frame: object) -> None:
+        if abort.requested_at is None:
+            abort.requested_at = clock.now()
         log.info("%s: draining (budget %.0f s)", signal.Signals(signum).name, settings.shutdown.drain_timeout_s)
         health.stopping = True
         stop.set()
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     connect = kafka_confluent.connect_consumer if confluent else kafka_io.connect_consumer
     run_batch = RunBatch(
         TagBatch(models, cache, settings.redis.key_prefix, metrics),
-        BuildMessages(k, models),
+        BuildMessages(k, models, settings.limits),
         Publish(publisher, k, metrics, health, abort, clock),
         metrics,
         shadow=ShadowRun(shadow_engine, settings.shadow.output_topic, settings.shadow.budget_ms / 1000, metrics)

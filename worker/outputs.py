@@ -4,22 +4,24 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
 
-from schemas.events import DeadLetter
+from schemas.events import DeadLetter, DeadLetterReason
 from worker.decode import event_id
 from worker.engine import Tag
 from worker.records import Rejected, where
-from worker.settings import KafkaSettings
+from worker.settings import KafkaSettings, LimitSettings
 from worker.tagging import Tagged
 from worker.transport import ConsumedRecord
 
 log = logging.getLogger(__name__)
+DEFAULT_LIMITS = LimitSettings()
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class OutMessage:
     value: bytes
     source: ConsumedRecord
     tagged: bool  # a tag event (False: a dead letter)
+    minimal: bool = False  # a dead letter without any original bytes (nothing left to cut)
 
 
 def tag_event(
@@ -87,22 +90,64 @@ class _TagEvents:
         return OutMessage(self.topic, pid.encode(), value, src, tagged=True)
 
 
-def dead_letter(rej: Rejected, stamp: datetime, topic: str) -> OutMessage:
-    src, raw = rej.source, rej.source.value or b""
+def _b64(b: bytes | None) -> str | None:
+    return None if b is None else base64.b64encode(b).decode()
+
+
+def dead_letter(
+    rej: Rejected,
+    stamp: datetime,
+    topic: str,
+    max_value_bytes: int = DEFAULT_LIMITS.max_dead_letter_value_bytes,
+    max_key_bytes: int = DEFAULT_LIMITS.max_dead_letter_key_bytes,
+) -> OutMessage:
+    log.info("dead-lettering %s: %s: %s", where(rej.source), rej.invalid.reason, rej.invalid.message[:200])
+    return capped_dead_letter(
+        rej.source, rej.invalid.reason, rej.invalid.message, stamp, topic, max_value_bytes, max_key_bytes
+    )
+
+
+def capped_dead_letter(
+    src: ConsumedRecord,
+    reason: DeadLetterReason,
+    message: str,
+    stamp: datetime,
+    topic: str,
+    max_value_bytes: int,
+    max_key_bytes: int,
+) -> OutMessage:
+    """A dead letter that always fits a Kafka message: the original value and key are carried whole
+    up to their caps, else as a prefix with the original size (and the value's sha256)."""
+    raw, key = src.value or b"", src.key
     dl = DeadLetter(
-        error_kind=rej.invalid.reason,
-        error_message=rej.invalid.message[:2000],
+        error_kind=reason,
+        error_message=message[:2000],
         topic=src.topic,
         partition=src.partition,
         offset=src.offset,
         timestamp_ms=src.timestamp_ms,
-        key_b64=base64.b64encode(src.key).decode() if src.key is not None else None,
-        value_b64=base64.b64encode(raw).decode(),
+        key_b64=_b64(None if key is None else key[:max_key_bytes]),
+        value_b64=base64.b64encode(raw[:max_value_bytes]).decode(),
         value_size=len(raw),
         dead_lettered_at=stamp,
+        truncated=len(raw) > max_value_bytes,
+        value_sha256=hashlib.sha256(raw).hexdigest(),
+        key_size=None if key is None else len(key),
+        key_truncated=key is not None and len(key) > max_key_bytes,
     )
-    log.info("dead-lettering %s: %s: %s", where(src), rej.invalid.reason, rej.invalid.message[:200])
-    return OutMessage(topic, src.key, dl.model_dump_json().encode(), src, tagged=False)
+    # An oversized key is not reused as the record key (it alone could exceed the broker's limit).
+    record_key = key if key is not None and len(key) <= max_key_bytes else None
+    return OutMessage(topic, record_key, dl.model_dump_json().encode(), src, tagged=False)
+
+
+def refused_dead_letter(m: OutMessage, error: str, topic: str, stamp: datetime) -> OutMessage:
+    """What replaces a message Kafka refused as too large: a dead letter with no original bytes at
+    all (size and sha256 only), so it cannot be refused for its size again."""
+    what = "tag event" if m.tagged else "dead letter"
+    dl = capped_dead_letter(
+        m.source, "too_large", f"{what} of {len(m.value)} bytes refused by Kafka: {error}", stamp, topic, 0, 0
+    )
+    return replace(dl, minimal=True)
 
 
 class ModelId(Protocol):
@@ -116,8 +161,10 @@ class ModelId(Protocol):
 class BuildMessages:
     """Outcomes -> messages. `model` is the default; the loop passes the engine each batch ran with."""
 
-    def __init__(self, kafka: KafkaSettings, model: ModelId) -> None:
+    def __init__(self, kafka: KafkaSettings, model: ModelId, limits: LimitSettings = DEFAULT_LIMITS) -> None:
         self.output_topic, self.dlq_topic, self.model = kafka.output_topic, kafka.dlq_topic, model
+        self.max_value_bytes = limits.max_dead_letter_value_bytes
+        self.max_key_bytes = limits.max_dead_letter_key_bytes
 
     def __call__(
         self, outcomes: list[Tagged | Rejected], wall_time: float, model: ModelId | None = None
@@ -129,6 +176,6 @@ class BuildMessages:
         return [
             tag_event(o)
             if isinstance(o, Tagged)
-            else dead_letter(o, stamp, self.dlq_topic)
+            else dead_letter(o, stamp, self.dlq_topic, self.max_value_bytes, self.max_key_bytes)
             for o in outcomes
         ]

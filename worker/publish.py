@@ -5,13 +5,15 @@ drain deadline cuts even a stalled broker short."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from worker.clock import Abort, Clock
 from worker.health import Health
 from worker.metrics import Metrics
-from worker.outputs import OutMessage
+from worker.outputs import OutMessage, refused_dead_letter
+from worker.records import where
 from worker.settings import KafkaSettings
-from worker.transport import Delivery, Publisher, TransportError
+from worker.transport import Delivery, Publisher, TransportError, is_too_large
 
 log = logging.getLogger(__name__)
 FLUSH_SLICE_S = 0.25  # longest an abort waits for a flush to notice it
@@ -27,6 +29,7 @@ class Publish:
     ) -> None:
         self.publisher, self.metrics, self.health, self.abort, self.clock = publisher, metrics, health, abort, clock
         self.timeout_s, self.backoff_max_s = kafka.produce_timeout_s, kafka.retry_backoff_max_s
+        self.dlq_topic = kafka.dlq_topic
 
     def __call__(self, messages: list[OutMessage]) -> None:
         pending, backoff = messages, 0.2
@@ -34,7 +37,13 @@ class Publish:
             while pending:
                 if self.abort.expired():
                     raise PublishAborted(f"{len(pending)} records unacknowledged at shutdown")
-                failed, errors = self._attempt(pending)
+                failed, errors, refused = self._attempt(pending)
+                if refused and not failed:
+                    # Refused as too large is permanent for those records: their minimal dead
+                    # letters go at once (no backoff: not a fault); never retried as they were.
+                    pending = refused
+                    continue
+                failed += refused  # (with the others, after the backoff)
                 if not failed:
                     self.health.published()
                     return
@@ -53,20 +62,39 @@ class Publish:
                 self.publisher.reset()
                 pending = failed
 
-    def _attempt(self, pending: list[OutMessage]) -> tuple[list[OutMessage], set[str]]:
+    def _attempt(self, pending: list[OutMessage]) -> tuple[list[OutMessage], set[str], list[OutMessage]]:
+        """Returns (failed: retry as they are, their errors, replacements of the refused as too large)."""
         try:
             sent: list[tuple[OutMessage, Delivery]] = [
                 (m, self.publisher.send(m.topic, m.key, m.value)) for m in pending
             ]
         except TransportError as exc:
-            return pending, {str(exc)}
+            return pending, {str(exc)}, []
         flush_until = self.clock.now() + self.timeout_s
         while not self.abort.expired():
             left = min(flush_until - self.clock.now(), self.abort.remaining())
             if left <= 0 or self.publisher.flush(min(FLUSH_SLICE_S, left)):
                 break
-        failed = [m for m, d in sent if not (d.is_done and d.succeeded())]
-        errors = {type(d.exception).__name__ for _, d in sent if d.is_done and d.exception is not None}
+        failed, refused, errors = [], [], set()
+        for m, d in sent:
+            if d.is_done and d.succeeded():
+                continue
+            if d.is_done and is_too_large(d.exception) and not m.minimal:
+                refused.append(self._replace(m, d.exception))
+                continue
+            failed.append(m)
+            if d.is_done and d.exception is not None:
+                errors.add(type(d.exception).__name__)
         if failed and not errors:
             errors = {"not acknowledged in time"}
-        return failed, errors
+        return failed, errors, refused
+
+    def _replace(self, m: OutMessage, exc: BaseException | None) -> OutMessage:
+        log.error(
+            "%s: %d-byte %s refused as too large (%s); dead-lettering the record without its bytes",
+            where(m.source),
+            len(m.value),
+            "tag event" if m.tagged else "dead letter",
+            exc,
+        )
+        return refused_dead_letter(m, f"{type(exc).__name__}: {exc}", self.dlq_topic, datetime.now(UTC))

@@ -165,6 +165,20 @@ class LimitSettings(_Section):
         MAX_DESCRIPTION_CHARS, ge=0, description="Longer descriptions are dead-lettered."
     )
     max_product_id_chars: int = Field(MAX_PRODUCT_ID_CHARS, ge=1, description="Longer product ids are dead-lettered.")
+    # A dead letter must always be publishable: base64 of the cap plus its other fields stays well
+    # under a default Kafka broker's 1 MB message.max.bytes.
+    max_dead_letter_value_bytes: int = Field(
+        262_144,
+        ge=0,
+        le=524_288,
+        description="Original value bytes a dead letter carries (longer: a prefix, with size, sha256, truncated).",
+    )
+    max_dead_letter_key_bytes: int = Field(
+        1_024,
+        ge=0,
+        le=16_384,
+        description="Original key bytes a dead letter carries (longer: a prefix, and no record key).",
+    )
 
 
 class HttpSettings(_Section):

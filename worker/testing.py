@@ -18,6 +18,7 @@ from worker.transport import (
     ConsumedRecord,
     Delivery,
     RebalanceListener,
+    RecordTooLarge,
     TopicPartition,
     TransportError,
 )
@@ -61,11 +62,14 @@ class FakeConsumer:
         self.listener: RebalanceListener | None = None
         self._rebalances: list[tuple[set[TopicPartition], bool]] = []
         self.poll_errors = 0  # the next n polls raise TransportError
+        self.commit_errors = 0  # the next n commits raise TransportError (broker unreachable)
         self.reject_commits = False
         self.is_connected = True
         self.closed = False
         self.polls = 0
         self.on_poll: Callable[[FakeConsumer], None] | None = None
+        # A silent broker: commit and close use up their whole timeout on this clock (commit then fails).
+        self.frozen: FakeClock | None = None
 
     def tp(self, partition: int = 0) -> TopicPartition:
         return TopicPartition(self.topic, partition)
@@ -132,6 +136,12 @@ class FakeConsumer:
         self.positions[partition] = offset
 
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        if self.frozen is not None:
+            self.frozen.advance(timeout_s)
+            raise TransportError("commit: KafkaTimeoutError (scripted)")
+        if self.commit_errors:
+            self.commit_errors -= 1
+            raise TransportError("commit: KafkaConnectionError (scripted)")
         if self.reject_commits or not set(offsets) <= self._assignment:
             raise CommitRejected("CommitFailedError (scripted)")
         self.commit_log.append(dict(offsets))
@@ -147,6 +157,8 @@ class FakeConsumer:
         return self.is_connected
 
     def close(self, timeout_s: float) -> None:
+        if self.frozen is not None:
+            self.frozen.advance(timeout_s)
         self.closed = True
 
 
@@ -173,6 +185,7 @@ class FakePublisher:
         self.on_stall: Callable[[], None] | None = None  # called when a flush is about to hang
         self.resets = 0
         self.closed = False
+        self.max_message_bytes: int | None = None  # larger records are refused like a broker's limit
         self._lock = threading.Lock()
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
@@ -189,7 +202,9 @@ class FakePublisher:
                     still.append((msg, d))
                     continue
                 d.is_done = True
-                if self.fail_next:
+                if self.max_message_bytes is not None and len(msg[2]) + len(msg[1] or b"") > self.max_message_bytes:
+                    d.exception = RecordTooLarge("MessageSizeTooLargeError (scripted)")
+                elif self.fail_next:
                     self.fail_next -= 1
                     d.exception = TransportError("NotEnoughReplicasError (scripted)")
                 else:
@@ -206,6 +221,8 @@ class FakePublisher:
         self.resets += 1
 
     def close(self, timeout_s: float) -> None:
+        if self._pending:  # unacknowledged records: a close waits its whole timeout for them
+            self.clock.advance(timeout_s)
         self.closed = True
 
     def values(self, topic: str) -> list[bytes]:

@@ -47,6 +47,21 @@ class TransportError(Exception):
     """The client or the cluster failed (unreachable, timed out, ...): a fault, retried by the loop."""
 
 
+class RecordTooLarge(TransportError):
+    """The client or the broker refused one record for its size: permanent for that record (sending
+    it again can never succeed), unlike every other TransportError."""
+
+
+# Kafka protocol error codes MESSAGE_TOO_LARGE and RECORD_LIST_TOO_LARGE, carried as `errno` by
+# kafka-python's error classes (its broker-side rejections arrive as those) and by librdkafka's
+# delivery failures (`kafka_confluent.DeliveryFailed`), for the broker's and the client's own limit.
+_TOO_LARGE_CODES = frozenset({10, 18})
+
+
+def is_too_large(exc: BaseException | None) -> bool:
+    return isinstance(exc, RecordTooLarge) or getattr(exc, "errno", None) in _TOO_LARGE_CODES
+
+
 class CommitRejected(TransportError):
     """The group rebalanced (or this member was evicted): the commit was refused. The records go to
     the partitions' next owner; nothing is lost, duplicates carry the same event ids."""

@@ -111,7 +111,9 @@ def poisoned_artifact(model_dir: Path, word: str = POISON_WORD) -> Path:
     )
     onnx.checker.check_model(m)
     onnx.save(m, str(tmp / "model.onnx"))
-    fields = manifest.model_dump(exclude={"model_version", "files", "int8"})
+    # The manifest's own field values (nested models stay models: write_manifest reads `decisions`).
+    derived = {"model_version", "files", "int8"}
+    fields = {k: getattr(manifest, k) for k in type(manifest).model_fields if k not in derived}
     write_manifest(tmp, **fields)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
