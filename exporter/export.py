@@ -84,10 +84,6 @@ def onnx_outputs(session: ort.InferenceSession, ids: list[list[int]], pad_id: in
     return run_bucketed(ids, pad_id, n_labels, run)
 
 
-def onnx_logits(session: ort.InferenceSession, ids: list[list[int]], pad_id: int, n_labels: int) -> np.ndarray:
-    return onnx_outputs(session, ids, pad_id, n_labels)[0]
-
-
 def check_parity(
     reference: np.ndarray,
     candidate: np.ndarray,

@@ -25,9 +25,9 @@ from worker.contract import (
     Decider,
     Decisions,
     RunMeta,
+    TagRules,
     compose_text,
     default_taxonomy_version,
-    enforce_single,
     fuse,
     pad_batch,
     sigmoid,
@@ -35,7 +35,7 @@ from worker.contract import (
     slot_of,
 )
 from worker.lexical import LexicalChannel
-from worker.spans import IGNORE, _is_cjk, align, bio_labels, extract, find_span, known_spellings, merge, n_classes
+from worker.spans import IGNORE, _is_cjk, align, bio_labels, find_span, n_classes
 
 log = logging.getLogger(__name__)
 VAL_SALT = "val"
@@ -170,20 +170,12 @@ def predict_tags(
 ) -> tuple[list[list[str]], list[list[str]]]:
     """(classifier-only tags, classifier + extracted tags) per item: the serving rules
     (`worker.engine.TagEngine.decode`) applied to scores computed here."""
-    known = known_spellings(decisions.labels)
-    decider = decisions.decider()
-    served = set(decisions.extract_facets)
-    single = set(decisions.single_slots)
+    rules = TagRules(decisions)
     classified, merged = [], []
     for i, row in enumerate(scores):
-        cls = decider.decide(row)
+        cls, served = rules.tags(row, texts[i], offsets[i], spans[i] if spans is not None else None)
         classified.append([t for t, _ in cls])
-        ext = (
-            [t for t in extract(texts[i], offsets[i], spans[i], decisions.head_facets) if facet_of(t[0]) in served]
-            if spans is not None
-            else []
-        )
-        merged.append([t for t, _ in enforce_single(merge(cls, ext, known), single)])
+        merged.append([t for t, _ in served])
     return classified, merged
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.training import facet_of
+from worker.spans import extract, known_spellings, merge
 
 MANIFEST_FORMAT = 2
 
@@ -78,11 +79,6 @@ def run_bucketed(
             for row, i in enumerate(group):
                 spans[i] = span_out[row, : len(ids[i])]
     return logits, spans
-
-
-def over_threshold(row: np.ndarray, thresholds: np.ndarray, labels: Sequence[str]) -> list[tuple[str, float]]:
-    """The classifier's tags for one item: every label whose score reaches its threshold."""
-    return [(labels[int(j)], float(row[j])) for j in np.nonzero(row >= thresholds)[0]]
 
 
 # --- how scores become tags -------------------------------------------------------------------
@@ -167,6 +163,29 @@ class Decider:
 
     def decide_all(self, scores: np.ndarray) -> list[list[tuple[str, float]]]:
         return [self.decide(row) for row in scores]
+
+
+class TagRules:
+    """One item's served tags, for `predict`, the worker and the trainer's checks alike: the
+    `Decider` over the fused scores, then the extracted spans of the served facets merged in
+    (decoded with the span head's layout), one value per single-valued slot."""
+
+    def __init__(self, decisions: Decisions, extract: bool = True) -> None:
+        self.decider = decisions.decider()
+        self.known = known_spellings(decisions.labels)
+        self.single = set(decisions.single_slots)
+        self.head_facets = decisions.head_facets
+        self.served = set(decisions.extract_facets) if extract else set()
+
+    def tags(
+        self, row: np.ndarray, text: str, offsets: Sequence[tuple[int, int]], span_logits: np.ndarray | None
+    ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """(classified tags, served tags), each highest score first."""
+        classified = self.decider.decide(row)
+        if span_logits is None or not self.served:
+            return classified, enforce_single(classified, self.single)
+        spans = [t for t in extract(text, offsets, span_logits, self.head_facets) if facet_of(t[0]) in self.served]
+        return classified, enforce_single(merge(classified, spans, self.known), self.single)
 
 
 def enforce_single(tags: Sequence[tuple[str, float]], single_slots: set[str]) -> list[tuple[str, float]]:

@@ -19,9 +19,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, load_manifest
-from worker.contract import Manifest, enforce_single, facet_of, fuse, run_bucketed, sigmoid
+from worker.contract import Manifest, TagRules, fuse, run_bucketed, sigmoid
 from worker.lexical import LexicalChannel
-from worker.spans import extract, known_spellings, merge
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,6 @@ class TagEngine:
         self.int8 = self.precision == "int8"
         decisions = self.manifest.decisions
         self.labels = decisions.labels
-        self.decider = decisions.decider()
         self.encoder_weight = decisions.encoder_weight
         self.lexical = LexicalChannel.load(self.model_dir) if decisions.lexical else None
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
@@ -111,9 +109,8 @@ class TagEngine:
         self.io_binding = self.provider == PROVIDERS["cuda"] if io_binding is None else io_binding
         facets = decisions.extract_facets
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
-        self.span_facets = decisions.head_facets  # the span head's class layout
-        self.single_slots = set(decisions.single_slots)
-        self._known = known_spellings(self.labels)
+        self.rules = TagRules(decisions, extract=bool(self.extract_facets))
+        self.decider = self.rules.decider
 
     @property
     def model_version(self) -> str:
@@ -193,18 +190,9 @@ class TagEngine:
         """Tags over threshold plus extracted spans (one score per tag), highest score first."""
         result = []
         for i, row in enumerate(outputs.scores):
-            classified = self.decider.decide(row)
-            extracted = (
-                [
-                    t
-                    for t in extract(items[i].text, items[i].offsets, outputs.spans[i], self.span_facets)
-                    if facet_of(t[0]) in self.extract_facets
-                ]
-                if outputs.spans is not None
-                else []
-            )
-            merged = enforce_single(merge(classified, extracted, self._known), self.single_slots)
-            result.append([Tag(t, round(s, 4)) for t, s in merged])
+            spans = outputs.spans[i] if outputs.spans is not None else None
+            _, served = self.rules.tags(row, items[i].text, items[i].offsets, spans)
+            result.append([Tag(t, round(s, 4)) for t, s in served])
         return result
 
     def tag_texts(self, texts: Sequence[str]) -> list[list[Tag]]:
