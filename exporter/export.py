@@ -25,6 +25,7 @@ from exporter.model import Tagger, torch_outputs
 from exporter.train import predict_tags
 from schemas.training import load_rows
 from worker.artifact import write_manifest
+from worker.candidates import CandidateExtractor
 from worker.contract import Manifest, RunMeta, compose_text, default_taxonomy_version, fuse, run_bucketed, sigmoid
 from worker.engine import TagEngine
 from worker.lexical import LexicalChannel
@@ -150,8 +151,10 @@ def export(args: argparse.Namespace) -> Manifest:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    print(f"wrote {out} (model_version {manifest.model_version}, {len(labels)} labels) in "
-          f"{time.monotonic() - started:.0f} s")
+    print(
+        f"wrote {out} (model_version {manifest.model_version}, {len(labels)} labels) in "
+        f"{time.monotonic() - started:.0f} s"
+    )
     return manifest
 
 
@@ -202,6 +205,9 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
     lexical = LexicalChannel.load(args.checkpoint) if decisions.lexical else None
     if lexical is not None:
         lexical.save(out)
+    extractor = CandidateExtractor.load(args.checkpoint) if decisions.candidate_facets else None
+    if extractor is not None:
+        extractor.save(out)
     int8_path = out / "model.int8.onnx"
     if args.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -229,9 +235,7 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
         max_seq_len=meta.max_seq_len,
         pad_token_id=pad_id,
         taxonomy_version=meta.taxonomy_version or default_taxonomy_version(decisions.labels),
-        training={
-            k: getattr(meta, k) for k in ("seed", "steps", "epochs_done", "train_rows", "train_seconds")
-        },
+        training={k: getattr(meta, k) for k in ("seed", "steps", "epochs_done", "train_rows", "train_seconds")},
     )
     write_manifest(out, **fields)  # provisional, so the serving engine can load the staged artifact
 
@@ -243,7 +247,8 @@ def _build(args: argparse.Namespace, model: Tagger, meta: RunMeta, out: Path) ->
     enc = tokenizer.encode_batch(parity_texts)
     lex = lexical.scores(parity_texts) if lexical is not None else None
     fused = fuse(sigmoid(ref_logits), lex, decisions.encoder_weight)
-    _, expected = predict_tags(parity_texts, [e.offsets for e in enc], fused, ref_spans, decisions)
+    found = [extractor.extract(t) for t in parity_texts] if extractor is not None else None
+    _, expected = predict_tags(parity_texts, [e.offsets for e in enc], fused, ref_spans, decisions, found)
     mismatched = [i for i, (a, b) in enumerate(zip(served, expected, strict=True)) if set(a) != set(b)]
     if mismatched:
         i = mismatched[0]

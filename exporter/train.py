@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -17,10 +18,13 @@ import torch
 from transformers import AutoTokenizer
 
 from exporter.base_models import DEFAULT_BASE, MULTILINGUAL_BASE, resolve_base_model
+from exporter.candidates import fit_candidates
 from exporter.data import split, write_rows
+from exporter.lexical_fit import fit_slot_regression
 from exporter.metrics import binarize, choose_thresholds, micro_f1, report, tune_thresholds
 from exporter.model import Tagger, torch_outputs
 from schemas.training import TrainingRow, facet_of, load_rows
+from worker.candidates import CandidateExtractor
 from worker.contract import (
     Decider,
     Decisions,
@@ -78,6 +82,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="lexical",
         action="store_false",
         help="train without the lexical channel (n-gram neighbour index; for ablations)",
+    )
+    p.add_argument(
+        "--no-candidates",
+        dest="candidates",
+        action="store_false",
+        help="train without the candidate-span extractor of the extractive facets (for ablations)",
     )
     p.add_argument("--seed", type=int, default=13, help="seed for init, shuffling and dropout (default 13)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -167,13 +177,16 @@ def predict_tags(
     scores: np.ndarray,
     spans: list[np.ndarray] | None,
     decisions: Decisions,
+    candidates: Sequence[Sequence[tuple[str, float]]] | None = None,
 ) -> tuple[list[list[str]], list[list[str]]]:
     """(classifier-only tags, classifier + extracted tags) per item: the serving rules
-    (`worker.engine.TagEngine.decode`) applied to scores computed here."""
+    (`worker.engine.TagEngine.decode`) applied to scores computed here (`candidates`: the
+    candidate-span extractor's tags per item)."""
     rules = TagRules(decisions)
     classified, merged = [], []
     for i, row in enumerate(scores):
-        cls, served = rules.tags(row, texts[i], offsets[i], spans[i] if spans is not None else None)
+        found = candidates[i] if candidates is not None else ()
+        cls, served = rules.tags(row, texts[i], offsets[i], spans[i] if spans is not None else None, found)
         classified.append([t for t, _ in cls])
         merged.append([t for t, _ in served])
     return classified, merged
@@ -278,8 +291,30 @@ def train(args: argparse.Namespace) -> RunMeta:
             labels,
             np.array([slot_of(label) in slots for label in labels]),
         )
+        # single-valued slots of the facets that are not extracted from the text (category levels);
+        # extracted facets (a brand) are the candidate extractor's
+        regressed = [slot for slot in single_slots if slot.partition("#")[0] not in facets]
+        slot_model = fit_slot_regression(lexical.index.featurizer, train_texts, y_train_np, labels, regressed)
+        lexical = dataclasses.replace(lexical, slots=slot_model)
         lexical_val = lexical.scores(val_texts)
         log.info("lexical channel: %d features, built in %.0f s", len(lexical.index.featurizer), time.monotonic() - t)
+
+    extractor: CandidateExtractor | None = None
+    val_found: list[list[tuple[str, float]]] | None = None
+    if args.candidates and facets:
+        t = time.monotonic()
+        slots = set(single_slots)
+        extractor = fit_candidates(
+            train_texts,
+            [r.tags for r in train_rows],
+            facets,
+            [f"{f}#0" in slots for f in facets],
+            val_texts,
+            [r.tags for r in val_rows],
+            seed=args.seed,
+        )
+        val_found = [extractor.extract(text) for text in val_texts]
+        log.info("candidate-span extractor: %s, fitted in %.0f s", facets, time.monotonic() - t)
 
     train_bio = (
         [
@@ -312,24 +347,26 @@ def train(args: argparse.Namespace) -> RunMeta:
         lexical=lexical is not None,
         extract_facets=facets,
         span_facets=facets,
+        candidate_facets=extractor.facets if extractor is not None else [],
     )
     fused = fuse(val_scores, lexical_val, weight)
     gold = [r.tags for r in val_rows]
-    val_cls, val_all_spans = predict_tags(val_texts, val_offsets, fused, val_spans, decisions)
-    # The extractor is measured, not trusted: a span head that learned too little (a short budget,
-    # few examples) proposes wrong values that win single-valued slots. Keep a facet's spans only
-    # where they do not lower validation micro-F1.
-    kept = list(facets)
-    for facet in facets:
-        without = decisions.model_copy(update={"extract_facets": [f for f in kept if f != facet]})
-        with_it = decisions.model_copy(update={"extract_facets": kept})
-        f_without = f1_of(gold, predict_tags(val_texts, val_offsets, fused, val_spans, without)[1])
-        f_with = f1_of(gold, predict_tags(val_texts, val_offsets, fused, val_spans, with_it)[1])
-        if f_with < f_without:
-            log.info("extractor: %s spans lower validation micro-F1 (%.4f < %.4f)", facet, f_with, f_without)
-            kept.remove(facet)
-    decisions = decisions.model_copy(update={"extract_facets": kept})
-    val_merged = predict_tags(val_texts, val_offsets, fused, val_spans, decisions)[1]
+
+    def served_f1(d: Decisions) -> float:
+        return f1_of(gold, predict_tags(val_texts, val_offsets, fused, val_spans, d, val_found)[1])
+
+    val_cls, val_all_spans = predict_tags(val_texts, val_offsets, fused, val_spans, decisions, val_found)
+    # The extractors are measured, not trusted: a span head that learned too little (a short budget,
+    # few examples) proposes wrong values that win single-valued slots. Keep a facet's spans (first the
+    # candidate extractor's, then the span head's) only where they do not lower validation micro-F1.
+    for source in ("candidate_facets", "extract_facets"):
+        for facet in list(getattr(decisions, source)):
+            without = decisions.model_copy(update={source: [f for f in getattr(decisions, source) if f != facet]})
+            f_with, f_without = served_f1(decisions), served_f1(without)
+            if f_with < f_without:
+                log.info("%s: %s spans lower validation micro-F1 (%.4f < %.4f)", source, facet, f_with, f_without)
+                decisions = without
+    val_merged = predict_tags(val_texts, val_offsets, fused, val_spans, decisions, val_found)[1]
     served = report(gold, val_merged)
     # What each component adds, on validation (micro-F1 over every gold tag, unknown tags count as
     # misses): the channels alone and fused (out of sample, see `calibrate`), then the decisions and
@@ -338,7 +375,9 @@ def train(args: argparse.Namespace) -> RunMeta:
     ablation = {f"fusion_weight_{k}": v for k, v in by_weight.items()} | {
         "fused_thresholds_only": f1_of(gold, [[t for t, _ in x] for x in plain.decide_all(fused)]),
         "fused_with_decisions": f1_of(gold, val_cls),
-        "with_every_extract_facet": f1_of(gold, val_all_spans),
+        "with_every_extractor": f1_of(gold, val_all_spans),
+        "without_candidate_spans": served_f1(decisions.model_copy(update={"candidate_facets": []})),
+        "without_span_head": served_f1(decisions.model_copy(update={"extract_facets": []})),
         "served": f1_of(gold, val_merged),
     }
     meta = RunMeta(
@@ -362,6 +401,8 @@ def train(args: argparse.Namespace) -> RunMeta:
     model.save(args.out, meta)
     if lexical is not None:
         lexical.save(args.out)
+    if extractor is not None:
+        extractor.save(args.out)
     tokenizer.save_pretrained(args.out / "encoder")
     write_rows(args.out / "val.jsonl", val_rows)
     print(

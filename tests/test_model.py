@@ -19,7 +19,7 @@ from worker.engine import ProviderUnavailableError, TagEngine
 def test_artifact_is_self_describing(tiny_model: Path) -> None:
     m = load_manifest(tiny_model)
     assert {"model.onnx", "model.int8.onnx", "tokenizer.json"} <= set(m.files)
-    assert {"lexical.json", "lexical.npz"} <= set(m.files)
+    assert {"lexical.json", "lexical.npz", "lexical_slots.npz", "candidates.json", "candidates.npz"} <= set(m.files)
     d = m.decisions
     assert m.opset == 17 and m.max_seq_len == 32 and len(m.labels) == len(d.thresholds) > 5
     assert all(":" in t for t in m.labels)
@@ -30,6 +30,8 @@ def test_artifact_is_self_describing(tiny_model: Path) -> None:
     assert d.single_slots == ["brand#0", "category#0"]
     # Brands occur verbatim in the synthetic titles, categories never: "auto" picks brand only.
     assert d.extract_facets == ["brand"]
+    # ... and the candidate-span extractor learns brand too (kept: it does not lower validation F1)
+    assert d.candidate_facets == ["brand"]
     run = tiny_model.parent / "run"
     meta = RunMeta.model_validate_json((run / "tagger.json").read_text())
     assert meta.steps == 40 and meta.decisions == d

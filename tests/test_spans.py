@@ -86,3 +86,10 @@ def test_merge_keeps_a_classified_label_that_differs_from_another_only_in_case()
     # an extracted span still takes a vocabulary spelling, and one score per tag survives
     merged = merge([("brand:Disney", 0.6)], [("brand:disney", 0.8)], known)
     assert len(merged) == 1 and merged[0][1] == 0.8 and merged[0][0] in {"brand:DISNEY", "brand:Disney"}
+
+
+def test_an_extracted_tag_spelled_as_a_label_keeps_that_spelling() -> None:
+    labels = ["brand:ETTI", "brand:Etti"]
+    known = known_spellings(labels)
+    assert merge([], [("brand:ETTI", 0.9)], known, frozenset(labels)) == [("brand:ETTI", 0.9)]
+    assert merge([], [("brand:etti", 0.9)], known, frozenset(labels))[0][0] in set(labels)

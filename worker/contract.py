@@ -173,19 +173,29 @@ class TagRules:
     def __init__(self, decisions: Decisions, extract: bool = True) -> None:
         self.decider = decisions.decider()
         self.known = known_spellings(decisions.labels)
+        self.labels = frozenset(decisions.labels)
         self.single = set(decisions.single_slots)
         self.head_facets = decisions.head_facets
         self.served = set(decisions.extract_facets) if extract else set()
+        self.candidate_facets = set(decisions.candidate_facets) if extract else set()
 
     def tags(
-        self, row: np.ndarray, text: str, offsets: Sequence[tuple[int, int]], span_logits: np.ndarray | None
+        self,
+        row: np.ndarray,
+        text: str,
+        offsets: Sequence[tuple[int, int]],
+        span_logits: np.ndarray | None,
+        candidates: Sequence[tuple[str, float]] = (),
     ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-        """(classified tags, served tags), each highest score first."""
+        """(classified tags, served tags), each highest score first. `candidates`: the candidate-span
+        extractor's tags for this text (only those of `candidate_facets` are served)."""
         classified = self.decider.decide(row)
-        if span_logits is None or not self.served:
+        spans = [t for t in candidates if facet_of(t[0]) in self.candidate_facets]
+        if span_logits is not None and self.served:
+            spans += [t for t in extract(text, offsets, span_logits, self.head_facets) if facet_of(t[0]) in self.served]
+        if not spans:
             return classified, enforce_single(classified, self.single)
-        spans = [t for t in extract(text, offsets, span_logits, self.head_facets) if facet_of(t[0]) in self.served]
-        return classified, enforce_single(merge(classified, spans, self.known), self.single)
+        return classified, enforce_single(merge(classified, spans, self.known, self.labels), self.single)
 
 
 def enforce_single(tags: Sequence[tuple[str, float]], single_slots: set[str]) -> list[tuple[str, float]]:
@@ -238,6 +248,10 @@ class Decisions(BaseModel):
     span_facets: list[str] = Field(
         default_factory=list,
         description="the span head's facets in class order (its layout; a superset of extract_facets)",
+    )
+    candidate_facets: list[str] = Field(
+        default_factory=list,
+        description="facets whose candidate-span extractor (`worker.candidates`) is served",
     )
 
     @property

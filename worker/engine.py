@@ -19,6 +19,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, load_manifest
+from worker.candidates import CandidateExtractor
 from worker.contract import Manifest, TagRules, fuse, run_bucketed, sigmoid
 from worker.lexical import LexicalChannel
 
@@ -109,7 +110,8 @@ class TagEngine:
         self.io_binding = self.provider == PROVIDERS["cuda"] if io_binding is None else io_binding
         facets = decisions.extract_facets
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
-        self.rules = TagRules(decisions, extract=bool(self.extract_facets))
+        self.candidates = CandidateExtractor.load(self.model_dir) if extract and decisions.candidate_facets else None
+        self.rules = TagRules(decisions, extract=bool(self.extract_facets) or self.candidates is not None)
         self.decider = self.rules.decider
 
     @property
@@ -191,7 +193,8 @@ class TagEngine:
         result = []
         for i, row in enumerate(outputs.scores):
             spans = outputs.spans[i] if outputs.spans is not None else None
-            _, served = self.rules.tags(row, items[i].text, items[i].offsets, spans)
+            found = self.candidates.extract(items[i].text) if self.candidates is not None else ()
+            _, served = self.rules.tags(row, items[i].text, items[i].offsets, spans, found)
             result.append([Tag(t, round(s, 4)) for t, s in served])
         return result
 

@@ -109,6 +109,15 @@ class Featurizer:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
+    def matrix(self, texts: Sequence[str]) -> csr_matrix:
+        """[n, features] rows scaled to unit length (both blocks together)."""
+        rows, cols, vals = self.transform(texts)
+        norms = np.sqrt(np.bincount(rows, weights=vals.astype(np.float64) ** 2, minlength=len(texts)))
+        return csr_matrix(
+            ((vals / np.maximum(norms[rows], 1e-12)).astype(np.float32), (rows, cols)),
+            shape=(len(texts), len(self)),
+        )
+
 
 @dataclass(frozen=True)
 class NeighbourIndex:
@@ -165,13 +174,7 @@ class NeighbourIndex:
     def similarities(self, texts: Sequence[str]) -> np.ndarray:
         """[n, training items] cosine similarities (a sparse product: scipy's C++ kernel was 13x
         faster than the same product in numpy on Flipkart)."""
-        rows, cols, vals = self.featurizer.transform(texts)
-        norms = np.sqrt(np.bincount(rows, weights=vals.astype(np.float64) ** 2, minlength=len(texts)))
-        query = csr_matrix(
-            ((vals / np.maximum(norms[rows], 1e-12)).astype(np.float32), (rows, cols)),
-            shape=(len(texts), len(self.featurizer)),
-        )
-        return np.asarray((query @ self._postings).toarray())
+        return np.asarray((self.featurizer.matrix(texts) @ self._postings).toarray())
 
     @cached_property
     def _postings(self) -> csr_matrix:
@@ -292,6 +295,56 @@ class Gazetteer:
 
 
 GAZETTEER_FILE = "gazetteer.json"
+SLOTS_FILE = "lexical_slots.npz"
+
+
+@dataclass(frozen=True)
+class SlotRegression:
+    """Per single-valued slot (a category level), a softmax regression over the lexical features:
+    what a neighbour vote lacks is weights that single out the n-grams that decide a class ("sofa"
+    -> furniture) over the ones that merely make two titles alike (a brand, a colour). Measured on
+    Flipkart (grouped split): category F1 0.898 with neighbours alone, 0.930 averaged with this.
+    Each slot's last class is "none of its labels"."""
+
+    columns: list[np.ndarray]  # per slot: the label indices of its classes
+    weights: list[csr_matrix]  # per slot: [features, classes + 1], small weights pruned
+    bias: list[np.ndarray]  # per slot: [classes + 1]
+
+    def scores(self, x: csr_matrix, n_labels: int) -> np.ndarray:
+        """[n, n_labels] class probabilities in the slots' columns, 0 elsewhere."""
+        out = np.zeros((x.shape[0], n_labels), dtype=np.float32)
+        for cols, w, b in zip(self.columns, self.weights, self.bias, strict=True):
+            z = np.asarray((x @ w).toarray()) + b
+            z -= z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            out[:, cols] = p[:, : len(cols)]
+        return out
+
+    @property
+    def covered(self) -> np.ndarray:
+        return np.concatenate(self.columns) if self.columns else np.zeros(0, dtype=np.int64)
+
+    def save(self, directory: Path) -> list[str]:
+        arrays: dict[str, np.ndarray] = {"slots": np.asarray(len(self.columns))}
+        for k, (cols, w, b) in enumerate(zip(self.columns, self.weights, self.bias, strict=True)):
+            arrays |= {f"columns{k}": cols, f"bias{k}": b, f"data{k}": w.data, f"indices{k}": w.indices}
+            arrays |= {f"indptr{k}": w.indptr, f"shape{k}": np.asarray(w.shape)}
+        np.savez_compressed(directory / SLOTS_FILE, allow_pickle=False, **arrays)
+        return [SLOTS_FILE]
+
+    @classmethod
+    def load(cls, directory: Path) -> SlotRegression:
+        with np.load(directory / SLOTS_FILE) as z:
+            n = int(z["slots"])
+            return cls(
+                [z[f"columns{k}"].astype(np.int64) for k in range(n)],
+                [
+                    csr_matrix((z[f"data{k}"], z[f"indices{k}"], z[f"indptr{k}"]), shape=tuple(z[f"shape{k}"]))
+                    for k in range(n)
+                ],
+                [z[f"bias{k}"].astype(np.float32) for k in range(n)],
+            )
 
 
 @dataclass(frozen=True)
@@ -304,6 +357,7 @@ class LexicalChannel:
     index: NeighbourIndex
     gazetteer: Gazetteer
     single: np.ndarray  # [labels] bool: the label's slot is single-valued
+    slots: SlotRegression | None = None  # trained by the exporter (it needs scikit-learn)
 
     @classmethod
     def build(
@@ -315,6 +369,10 @@ class LexicalChannel:
         out = self.index.scores(texts)
         if self.single.any():
             out[:, self.single] = 0.5 * (out[:, self.single] + self.gazetteer.scores(texts)[:, self.single])
+        if self.slots is not None and len(texts):
+            cols = self.slots.covered
+            linear = self.slots.scores(self.index.featurizer.matrix(texts), self.index.n_labels)
+            out[:, cols] = 0.5 * (out[:, cols] + linear[:, cols])
         return out
 
     def save(self, directory: Path) -> list[str]:
@@ -328,7 +386,8 @@ class LexicalChannel:
                 ensure_ascii=False,
             )
         )
-        return [*self.index.save(directory), GAZETTEER_FILE]
+        slots = self.slots.save(directory) if self.slots is not None else []
+        return [*self.index.save(directory), GAZETTEER_FILE, *slots]
 
     @classmethod
     def load(cls, directory: Path) -> LexicalChannel:
@@ -339,4 +398,5 @@ class LexicalChannel:
         single[g["single"]] = True
         longest = max((len(s) for s in values), default=0)
         gazetteer = Gazetteer(values, np.asarray(g["precision"], dtype=np.float32), longest)
-        return cls(index, gazetteer, single)
+        slots = SlotRegression.load(directory) if (directory / SLOTS_FILE).is_file() else None
+        return cls(index, gazetteer, single, slots)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,18 +148,23 @@ def known_spellings(labels: Sequence[str]) -> dict[str, str]:
 
 
 def merge(
-    classified: Sequence[tuple[str, float]], extracted: Sequence[tuple[str, float]], known: dict[str, str]
+    classified: Sequence[tuple[str, float]],
+    extracted: Sequence[tuple[str, float]],
+    known: dict[str, str],
+    labels: AbstractSet[str] = frozenset(),
 ) -> list[tuple[str, float]]:
     """One score per tag: classified tags keep their own spelling (catalogs have labels that differ
-    only in case, `brand:DISNEY` and `brand:Disney`, and gold uses one of them); extracted tags take
-    the vocabulary's spelling when they match a known label case-insensitively; duplicates keep the
-    higher score; highest score first."""
+    only in case, `brand:DISNEY` and `brand:Disney`, and gold uses one of them); an extracted tag
+    spelled as a vocabulary label (`labels`) stays so, otherwise it takes the vocabulary's spelling
+    when it matches a known label case-insensitively (the text's `ETTI` is not turned into the label
+    `Etti` when `ETTI` is a label too); duplicates keep the higher score; highest score first."""
     best: dict[str, tuple[str, float]] = {}
     for tag, score in classified:
         if tag not in best or score > best[tag][1]:
             best[tag] = (tag, score)
     for tag, score in extracted:
-        tag = known.get(tag.casefold(), tag)
+        if tag not in labels:
+            tag = known.get(tag.casefold(), tag)
         if tag not in best or score > best[tag][1]:
             best[tag] = (tag, score)
     return sorted(best.values(), key=lambda t: -t[1])
