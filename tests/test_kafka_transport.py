@@ -157,15 +157,9 @@ def test_rebalance_while_paused_with_a_stuck_batch_loses_nothing(broker: str, un
 
     from kafka import KafkaProducer
 
-    from worker.clock import Abort, RealClock
-    from worker.health import Health
-    from worker.loop import Loop, RunBatch
-    from worker.metrics import Metrics
-    from worker.outputs import BuildMessages
-    from worker.publish import Publish
-    from worker.records import DecodeRecords, Tokenize
-    from worker.settings import BatchingSettings, LimitSettings, ShutdownSettings
-    from worker.tagging import CacheLookup, TagBatch
+    from worker.clock import RealClock
+    from worker.loop import build_loop
+    from worker.settings import BatchingSettings, ShutdownSettings, load_settings
     from worker.testing import FakeCache, FakeClock, FakeEngine, FakePublisher
 
     topic = f"in-{unique}"
@@ -184,34 +178,19 @@ def test_rebalance_while_paused_with_a_stuck_batch_loses_nothing(broker: str, un
         heartbeat_interval_ms=1000,
         commit_interval_ms=0,
     )
-    clock, gate = RealClock(), threading.Event()
-    engine, cache, metrics, health, stop = FakeEngine(), FakeCache(), Metrics(), Health(), threading.Event()
+    gate = threading.Event()
+    engine, cache = FakeEngine(), FakeCache()
     publisher = FakePublisher(FakeClock())
     publisher.stall = lambda value: not gate.is_set()
     publisher.on_stall = lambda: gate.wait(0.05)
-    abort = Abort(clock)
     consumer = connect_consumer(k)
-    loop = Loop(
-        lambda: consumer,
-        k,
-        BatchingSettings(max_items=2, max_wait_ms=0, max_in_flight=1),
-        ShutdownSettings(drain_timeout_s=10),
-        DecodeRecords(LimitSettings(), metrics),
-        CacheLookup(cache, "t:", engine, metrics),
-        Tokenize(engine, metrics),
-        RunBatch(
-            TagBatch(engine, cache, "t:", metrics),
-            BuildMessages(k, engine),
-            Publish(publisher, k, metrics, health, abort, clock),
-            metrics,
-        ),
-        publisher,
-        metrics,
-        health,
-        stop,
-        abort,
-        clock,
+    settings = load_settings(
+        kafka=k,
+        batching=BatchingSettings(max_items=2, max_wait_ms=0, max_in_flight=1),
+        shutdown=ShutdownSettings(drain_timeout_s=10),
     )
+    loop = build_loop(settings, engine, cache, lambda: consumer, publisher, RealClock())
+    stop = loop.stop
     runner = threading.Thread(target=loop.run)
     runner.start()
     other = connect_consumer(k)

@@ -16,13 +16,9 @@ import pytest
 from schemas.events import DeadLetter, TagEvent
 from worker.clock import Abort
 from worker.health import Health
-from worker.loop import COMMIT_BACKOFF_MAX_S, Loop, RunBatch
+from worker.loop import COMMIT_BACKOFF_MAX_S, Loop, build_loop
 from worker.metrics import Metrics
-from worker.outputs import BuildMessages
-from worker.publish import Publish
-from worker.records import DecodeRecords, Tokenize
-from worker.settings import BatchingSettings, KafkaSettings, LimitSettings, ShutdownSettings
-from worker.tagging import CacheLookup, TagBatch
+from worker.settings import BatchingSettings, KafkaSettings, LimitSettings, ShutdownSettings, load_settings
 from worker.testing import FakeCache, FakeClock, FakeConsumer, FakeEngine, FakePublisher, ManualExecutor
 
 KAFKA = KafkaSettings(input_topic="in", output_topic="out", dlq_topic="dlq", commit_interval_ms=0, poll_timeout_ms=1)
@@ -76,34 +72,19 @@ def rig(
 ) -> Rig:
     clock = FakeClock()
     consumer, publisher, engine, cache = FakeConsumer("in", partitions), FakePublisher(clock), FakeEngine(), FakeCache()
-    metrics, health, stop, abort = Metrics(now=clock.now), Health(cache=cache), threading.Event(), Abort(clock)
-    run_batch = RunBatch(
-        TagBatch(engine, cache, "t:", metrics),
-        BuildMessages(KAFKA, engine),
-        Publish(publisher, KAFKA, metrics, health, abort, clock),
-        metrics,
-        wall_clock=lambda: 1_750_000_000.0,
+    settings = load_settings(
+        kafka=KAFKA,
+        batching=BatchingSettings(max_items=max_items, max_wait_ms=max_wait_ms, max_in_flight=max_in_flight),
+        shutdown=ShutdownSettings(drain_timeout_s=drain_timeout_s),
     )
-    batching = BatchingSettings(max_items=max_items, max_wait_ms=max_wait_ms, max_in_flight=max_in_flight)
-    loop = Loop(
-        lambda: consumer,
-        KAFKA,
-        batching,
-        ShutdownSettings(drain_timeout_s=drain_timeout_s),
-        DecodeRecords(LimitSettings(), metrics),
-        CacheLookup(cache, "t:", engine, metrics),
-        Tokenize(engine, metrics),
-        run_batch,
-        publisher,
-        metrics,
-        health,
-        stop,
-        abort,
-        clock,
-        executor=executor or ManualExecutor(),
+    executor = executor or ManualExecutor()
+    wall = 1_750_000_000.0  # fixed event timestamps
+    loop = build_loop(
+        settings, engine, cache, lambda: consumer, publisher, clock, executor=executor, wall_clock=lambda: wall
     )
     assert loop.start()
-    return Rig(clock, consumer, publisher, engine, cache, metrics, health, stop, abort, loop, loop.executor)
+    m, h = loop.metrics, loop.health
+    return Rig(clock, consumer, publisher, engine, cache, m, h, loop.stop, loop.abort, loop, executor)
 
 
 def product(i: int | str, title: str | None = None) -> bytes:
