@@ -4,14 +4,18 @@ semantics, and the kafka-python behaviour `worker.testing.FakeConsumer` reproduc
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
+from kafka import TopicPartition as KafkaTP
 
 from scripts.local_services import create_topics
 from tests.kafka_helpers import produce
 from worker.kafka_io import KafkaPublisher, KafkaPythonConsumer, connect_consumer
+from worker.loop import build_loop
 from worker.rebalance import RebalanceEvents
-from worker.settings import KafkaSettings
+from worker.settings import KafkaSettings, load_settings
+from worker.testing import FakeCache, FakeClock, FakeEngine, FakePublisher
 from worker.transport import ConsumedRecord, TopicPartition, TransportError, is_too_large
 
 
@@ -236,3 +240,62 @@ def json_id(value: bytes) -> str:
     import json
 
     return str(json.loads(value)["product_id"])
+
+
+class SilentBrokerClient:
+    """kafka-python's `KafkaConsumer` as the adapter sees it, on a fake clock: every poll waits its
+    timeout and returns nothing (a quiet topic), and a heartbeat is answered every second until
+    `silent` (then the last one sent grows old, as when the broker stops answering)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.polls, self.silent, self.heartbeat_at = clock, 0, False, clock.now()
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        listener.on_partitions_assigned([KafkaTP("in", 0)])
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        self.polls += 1
+        self.clock.advance(timeout_ms / 1000)
+        return {}
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        if not self.silent and self.clock.now() - self.heartbeat_at >= 1.0:
+            self.heartbeat_at = self.clock.now()
+        return {"consumer-coordinator-metrics": {"last-heartbeat-seconds-ago": self.clock.now() - self.heartbeat_at}}
+
+    def assignment(self) -> set[KafkaTP]:
+        return {KafkaTP("in", 0)}
+
+    def paused(self) -> set[KafkaTP]:
+        return set()
+
+    def highwater(self, tp: KafkaTP) -> None:
+        return None
+
+    def committed(self, tp: KafkaTP, timeout_ms: int) -> None:
+        return None
+
+
+def test_the_loop_stops_polling_back_to_back_within_seconds_of_a_silent_broker() -> None:
+    # While a fetch hangs on a silent broker, kafka-python busy-waits through every poll: the
+    # fault suite's 10 s blackhole cost 9.6 CPU-s per 20 s. Before: the adapter reported the
+    # broker away only after the session timeout (6 s), polling ~20 times a second until then.
+    clock = FakeClock()
+    client = SilentBrokerClient(clock)
+    k = KafkaSettings(input_topic="in", session_timeout_ms=6000, heartbeat_interval_ms=1000, poll_timeout_ms=50)
+    consumer = KafkaPythonConsumer(client, k, now=clock.now)  # a stand-in for KafkaConsumer
+    loop = build_loop(load_settings(kafka=k), FakeEngine(), FakeCache(), lambda: consumer, FakePublisher(clock), clock)
+    assert loop.start()
+
+    def polls_in(seconds: float) -> int:
+        start, polls = clock.now(), client.polls
+        while clock.now() - start < seconds:
+            loop.step()
+        return client.polls - polls
+
+    assert polls_in(5) >= 90  # a healthy quiet topic: one poll per poll timeout
+    client.silent = True
+    assert polls_in(10) <= 70  # about 2 s of polls at full rate, then one a second
+    assert not loop.health.kafka_ok
+    client.silent = False
+    assert polls_in(3) >= 50 and loop.health.kafka_ok  # back at once
