@@ -125,38 +125,51 @@ def test_nothing_is_committed_past_a_failed_batch() -> None:
     assert r.publisher.values("dlq") == []
 
 
-def test_sigterm_with_a_hung_broker_returns_within_the_drain_budget() -> None:
-    budget = 20.0
+def stalled_rig(budget: float) -> Rig:
+    """Two records that publish, then two whose publish hangs (a silent broker), run on a thread."""
     r = rig(max_items=2, max_in_flight=1, drain_timeout_s=budget, executor=ThreadPoolExecutor(1))
     for i in range(2):
         r.consumer.produce(product(i))
     for i in range(2):
         r.consumer.produce(product(f"stall-{i}"))
     r.publisher.stall = lambda value: b"stall" in value
+    return r
+
+
+def await_drain(r: Rig) -> None:
+    """Let the loop begin its drain before a stalled flush uses up fake time."""
+    for _ in range(1000):
+        if r.abort.deadline != math.inf:
+            break
+        threading.Event().wait(0.01)
+
+
+def run_to_exit(r: Rig) -> int:
+    code: list[int] = []
+    t = threading.Thread(target=lambda: code.append(r.loop.run()))
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "shutdown did not return"
+    assert r.consumer.closed and r.publisher.closed
+    assert all(off <= 2 for c in r.consumer.commit_log for off in c.values()), "committed an unacknowledged batch"
+    return code[0]
+
+
+def test_sigterm_with_a_hung_broker_returns_within_the_drain_budget() -> None:
+    budget = 20.0
+    r = stalled_rig(budget)
     stopped_at: list[float] = []
 
     def sigterm_when_stalled() -> None:
         if not stopped_at:
             stopped_at.append(r.clock.now())
             r.stop.set()
-            # let the loop begin its drain before this flush uses up fake time
-            for _ in range(1000):
-                if r.abort.deadline != math.inf:
-                    break
-                threading.Event().wait(0.01)
+            await_drain(r)
 
     r.publisher.on_stall = sigterm_when_stalled
-    code: list[int] = []
-    t = threading.Thread(target=lambda: code.append(r.loop.run()))
-    t.start()
-    t.join(timeout=60)
-    assert not t.is_alive(), "shutdown did not return"
-    assert code == [0]
+    assert run_to_exit(r) == 0
     assert r.clock.now() - stopped_at[0] <= budget
-    tp = r.consumer.tp()
-    assert r.consumer.committed_offsets == {tp: 2}, "committed an unacknowledged batch"
-    assert all(off <= 2 for c in r.consumer.commit_log for off in c.values())
-    assert r.consumer.closed and r.publisher.closed
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 2}
 
 
 def test_every_wait_of_the_drain_fits_the_budget_counted_from_the_signal() -> None:
@@ -165,12 +178,7 @@ def test_every_wait_of_the_drain_fits_the_budget_counted_from_the_signal() -> No
     # start of the drain and the commit took all that was left, the closes came on top (11.6 s
     # against 10 s in the fault suite).
     budget = 10.0
-    r = rig(max_items=2, max_in_flight=1, drain_timeout_s=budget, executor=ThreadPoolExecutor(1))
-    for i in range(2):
-        r.consumer.produce(product(i))
-    for i in range(2):
-        r.consumer.produce(product(f"stall-{i}"))
-    r.publisher.stall = lambda value: b"stall" in value
+    r = stalled_rig(budget)
 
     def broker_freezes_then_sigterm() -> None:
         if r.abort.requested_at is None:
@@ -178,21 +186,11 @@ def test_every_wait_of_the_drain_fits_the_budget_counted_from_the_signal() -> No
             r.abort.requested_at = r.clock.now()
             r.clock.advance(budget / 4)  # the step was blocked in a commit when the signal came
             r.stop.set()
-            for _ in range(1000):  # let the loop begin its drain before this flush uses up fake time
-                if r.abort.deadline != math.inf:
-                    break
-                threading.Event().wait(0.01)
+            await_drain(r)
 
     r.publisher.on_stall = broker_freezes_then_sigterm
-    code: list[int] = []
-    t = threading.Thread(target=lambda: code.append(r.loop.run()))
-    t.start()
-    t.join(timeout=60)
-    assert not t.is_alive(), "shutdown did not return"
-    assert code == [0] and r.abort.requested_at is not None
+    assert run_to_exit(r) == 0 and r.abort.requested_at is not None
     assert r.clock.now() - r.abort.requested_at <= budget - 0.5, "no time left for the process to exit"
-    assert r.consumer.closed and r.publisher.closed
-    assert all(off <= 2 for c in r.consumer.commit_log for off in c.values())
 
 
 def test_failed_commits_back_off_and_log_once_per_attempt(caplog: pytest.LogCaptureFixture) -> None:
