@@ -92,6 +92,13 @@ class Competitor:
             **config,
         )
 
+    def timing(self, name: str, done: int, started: float | None, timeout_s: float) -> dict[str, float]:
+        """Events, seconds from the first message and their rate; raises when nothing arrived."""
+        if started is None or done == 0:
+            raise RuntimeError(f"{name} consumer received no messages from {self.input_topic} within {timeout_s:.0f} s")
+        elapsed = time.perf_counter() - started
+        return {"events": float(done), "elapsed_s": elapsed, "eps": done / elapsed}
+
 
 def run_naive(c: Competitor, tagger: TorchTagger, n_messages: int, timeout_s: float = 300) -> dict[str, float]:
     """Consume `n_messages` (already in `input_topic`) one by one; return timing.
@@ -120,7 +127,4 @@ def run_naive(c: Competitor, tagger: TorchTagger, n_messages: int, timeout_s: fl
     finally:
         producer.close(timeout=10)
         consumer.close()
-    if started is None or done == 0:
-        raise RuntimeError(f"naive consumer received no messages from {c.input_topic} within {timeout_s:.0f} s")
-    elapsed = time.perf_counter() - started
-    return {"events": float(done), "elapsed_s": elapsed, "eps": done / elapsed}
+    return c.timing("naive", done, started, timeout_s)

@@ -4,6 +4,7 @@ semantics, and the kafka-python behaviour `worker.testing.FakeConsumer` reproduc
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -70,30 +71,30 @@ def test_transport_against_tansu(broker: str, unique: str) -> None:
         c.close(5)
 
 
-def test_publisher_flush_reports_acknowledgement(broker: str, unique: str) -> None:
+@pytest.fixture
+def out_publisher(broker: str, unique: str) -> Iterator[tuple[KafkaPublisher, str]]:
+    """A publisher on the test broker and a fresh one-partition topic."""
     topic = f"out-{unique}"
     create_topics(broker, {topic: 1})
     pub = KafkaPublisher(KafkaSettings(bootstrap_servers=broker))
-    try:
-        deliveries = [pub.send(topic, b"k", b"v%d" % i) for i in range(3)]
-        assert pub.flush(10)
-        assert all(d.is_done and d.succeeded() for d in deliveries)
-    finally:
-        pub.close(5)
+    yield pub, topic
+    pub.close(5)
 
 
-def test_a_record_over_the_size_limit_fails_alone_and_permanently(broker: str, unique: str) -> None:
+def test_publisher_flush_reports_acknowledgement(out_publisher: tuple[KafkaPublisher, str]) -> None:
+    pub, topic = out_publisher
+    deliveries = [pub.send(topic, b"k", b"v%d" % i) for i in range(3)]
+    assert pub.flush(10)
+    assert all(d.is_done and d.succeeded() for d in deliveries)
+
+
+def test_a_record_over_the_size_limit_fails_alone_and_permanently(out_publisher: tuple[KafkaPublisher, str]) -> None:
     # Before: send() raised for the whole batch and the loop retried it forever.
-    topic = f"out-{unique}"
-    create_topics(broker, {topic: 1})
-    pub = KafkaPublisher(KafkaSettings(bootstrap_servers=broker))
-    try:
-        small, huge = pub.send(topic, b"k", b"small"), pub.send(topic, b"k", b"x" * 5_000_000)
-        assert pub.flush(10)
-        assert small.is_done and small.succeeded()
-        assert huge.is_done and not huge.succeeded() and is_too_large(huge.exception)
-    finally:
-        pub.close(5)
+    pub, topic = out_publisher
+    small, huge = pub.send(topic, b"k", b"small"), pub.send(topic, b"k", b"x" * 5_000_000)
+    assert pub.flush(10)
+    assert small.is_done and small.succeeded()
+    assert huge.is_done and not huge.succeeded() and is_too_large(huge.exception)
 
 
 def test_connected_turns_false_when_the_broker_goes_away(unique: str) -> None:

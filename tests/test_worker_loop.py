@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -38,17 +39,25 @@ class Rig:
     loop: Loop
     executor: Executor
 
+    @property
+    def manual(self) -> ManualExecutor:
+        """The executor, when batches run only when told (the default)."""
+        assert isinstance(self.executor, ManualExecutor)
+        return self.executor
+
+    def produce(self, ids: Iterable[int | str]) -> None:
+        for i in ids:
+            self.consumer.produce(product(i))
+
     def steps(self, n: int) -> None:
         for _ in range(n):
             self.loop.step()
 
     def run_all(self, max_steps: int = 50) -> None:
         """Step, running every submitted batch, until nothing is queued or in flight."""
-        ex = self.executor
-        assert isinstance(ex, ManualExecutor)
         for _ in range(max_steps):
             self.loop.step()
-            ex.run_all()
+            self.manual.run_all()
             fetched = all(self.consumer.positions[tp] == len(self.consumer.logs[tp]) for tp in self.consumer.positions)
             if fetched and not len(self.loop.batcher) and not self.loop.ready and not self.loop.in_flight:
                 self.loop.step()  # reap and commit the last one
@@ -93,11 +102,10 @@ def product(i: int | str, title: str | None = None) -> bytes:
 
 def test_out_of_order_completion_commits_in_consume_order() -> None:
     r = rig(max_items=2, max_in_flight=2)
-    for i in range(4):
-        r.consumer.produce(product(i))
+    r.produce(range(4))
     r.steps(2)  # poll 4 records, then submit two batches of 2
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor) and len(ex.queue) == 2
+    ex = r.manual
+    assert len(ex.queue) == 2
     ex.run(1)  # the second batch finishes first
     r.steps(1)
     assert r.consumer.commit_log == [], "committed past a batch still in flight"
@@ -109,11 +117,9 @@ def test_out_of_order_completion_commits_in_consume_order() -> None:
 
 def test_nothing_is_committed_past_a_failed_batch() -> None:
     r = rig(max_items=2, max_in_flight=2)
-    for i in range(4):
-        r.consumer.produce(product(i))
+    r.produce(range(4))
     r.steps(2)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     ex.run(1)  # batch 2 succeeds
     r.engine.broken = True
     ex.run(0)  # batch 1: every item fails on its own -> a fault, not dead letters
@@ -128,8 +134,7 @@ def test_nothing_is_committed_past_a_failed_batch() -> None:
 def stalled_rig(budget: float) -> Rig:
     """Two records that publish, then two whose publish hangs (a silent broker), run on a thread."""
     r = rig(max_items=2, max_in_flight=1, drain_timeout_s=budget, executor=ThreadPoolExecutor(1))
-    for i in range(2):
-        r.consumer.produce(product(i))
+    r.produce(range(2))
     for i in range(2):
         r.consumer.produce(product(f"stall-{i}"))
     r.publisher.stall = lambda value: b"stall" in value
@@ -203,8 +208,7 @@ def test_failed_commits_back_off_and_log_once_per_attempt(caplog: pytest.LogCapt
     caplog.set_level(logging.WARNING, logger="worker.loop")
     for _ in range(400):  # 20 s of steps
         r.steps(1)
-        assert isinstance(r.executor, ManualExecutor)
-        r.executor.run_all()
+        r.manual.run_all()
         r.clock.advance(0.05)
     attempts = 10**6 - r.consumer.commit_errors
     assert 3 <= attempts <= 10
@@ -254,8 +258,7 @@ def test_no_poll_backoff_while_rejoining_after_a_revoke() -> None:
 
 def test_backpressure_pauses_then_resumes() -> None:
     r = rig(max_items=1, max_in_flight=1)
-    for i in range(3):
-        r.consumer.produce(product(i))
+    r.produce(range(3))
     r.steps(2)  # poll 2 (room for the next batches only); submit 1 -> slots full and a full batch waiting
     tp = r.consumer.tp()
     assert r.consumer.paused() == {tp}
@@ -274,15 +277,13 @@ def test_rebalance_while_paused_and_a_batch_is_stuck_loses_nothing() -> None:
     # The audit's failure: a rebalance while partitions are paused and a batch is stuck. The
     # member keeps the partition; kafka-python keeps its paused flag and its fetch position.
     r = rig(max_items=2, max_in_flight=1)
-    for i in range(6):
-        r.consumer.produce(product(i))
+    r.produce(range(6))
     r.steps(2)  # batch (0, 1) in flight and stuck; 2..5 queued; partition paused
     tp = r.consumer.tp()
     assert r.consumer.paused() == {tp}
     r.consumer.rebalance()  # revoke everything, assign the same partition again
     r.steps(1)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     ex.run_all()  # the stuck batch finishes after the rebalance: its offsets are stale
     r.run_all()
     assert r.consumer.paused() == set(), "a kept partition stayed paused"
@@ -298,8 +299,7 @@ def test_revocation_mid_batch_commits_nothing_for_the_revoked_partition() -> Non
     r.steps(2)  # one batch of 4 across both partitions, in flight
     r.consumer.rebalance([r.consumer.tp(0)])  # partition 1 goes to another member
     r.steps(1)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     ex.run_all()
     r.run_all()
     commits = {tp for c in r.consumer.commit_log for tp in c}
@@ -309,11 +309,9 @@ def test_revocation_mid_batch_commits_nothing_for_the_revoked_partition() -> Non
 
 def test_lost_partitions_are_read_again_from_the_last_commit() -> None:
     r = rig(max_items=2, max_in_flight=1)
-    for i in range(4):
-        r.consumer.produce(product(i))
+    r.produce(range(4))
     r.steps(2)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     ex.run_all()
     r.steps(2)  # batch (0, 1) committed; batch (2, 3) in flight
     tp = r.consumer.tp()
@@ -376,8 +374,7 @@ def test_readiness_follows_the_connection_on_a_quiet_topic() -> None:
 def test_lag_counts_consumed_but_uncommitted_records() -> None:
     r = rig(max_items=10)
     r.steps(1)
-    for i in range(5):
-        r.consumer.produce(product(i))
+    r.produce(range(5))
     r.clock.advance(10)
     r.steps(1)  # polled (position 5) but nothing committed
     assert r.gauge("tagger_consumer_lag", partition="0") == 5
@@ -415,8 +412,7 @@ def test_records_fetched_in_the_poll_that_rebalanced_are_read_again() -> None:
     # that poll fetched arrive after a revoke and must be re-read, not dropped for good.
     r = rig(max_items=2)
     r.consumer.rebalance()
-    for i in range(4):
-        r.consumer.produce(product(i))
+    r.produce(range(4))
     r.run_all()
     assert set(r.products()) == {f"p-{i}" for i in range(4)}
     assert r.consumer.committed_offsets == {r.consumer.tp(): 4}
@@ -424,13 +420,11 @@ def test_records_fetched_in_the_poll_that_rebalanced_are_read_again() -> None:
 
 def test_adaptive_batching_follows_the_load() -> None:
     r = rig(max_items=8, max_in_flight=2, max_wait_ms=1000)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     r.consumer.produce(product(0))
     r.steps(2)
     assert len(ex.queue) == 1, "idle: a lone record goes at once"
-    for i in range(1, 4):
-        r.consumer.produce(product(i))
+    r.produce(range(1, 4))
     r.steps(2)
     assert len(ex.queue) == 1, "busy: records wait to fill a batch"
     ex.run_all()
@@ -440,8 +434,7 @@ def test_adaptive_batching_follows_the_load() -> None:
 
 def test_cache_hits_skip_batching_and_inference() -> None:
     r = rig(max_items=8, max_in_flight=2, max_wait_ms=1000)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     r.consumer.produce(product(0, "seen before"))
     r.run_all()
     runs = r.engine.runs

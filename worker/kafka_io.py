@@ -45,12 +45,7 @@ def client_config(s: KafkaSettings) -> dict[str, Any]:
         "bootstrap_timeout_ms": int(s.bootstrap_timeout_s * 1000),
         "reconnect_backoff_max_ms": int(s.retry_backoff_max_s * 1000),
     }
-    if s.sasl_mechanism:
-        cfg["sasl_mechanism"] = s.sasl_mechanism
-        cfg["sasl_plain_username"] = s.sasl_username
-        cfg["sasl_plain_password"] = s.sasl_password.get_secret_value() if s.sasl_password else None
-    if s.ssl_cafile:
-        cfg["ssl_cafile"] = str(s.ssl_cafile)
+    cfg.update(s.auth_options("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile"))
     return cfg
 
 

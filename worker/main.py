@@ -42,6 +42,14 @@ def build_engine(s: WorkerSettings, path: Path | None = None) -> TagEngine:
     )
 
 
+def _start_engine(s: WorkerSettings, path: Path, role: str) -> TagEngine | None:
+    try:
+        return build_engine(s, path)
+    except (ArtifactError, EngineError) as exc:
+        log.error("cannot start: %s: %s", role, exc)
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
@@ -51,10 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from worker import logs
 
     logs.configure(settings.log.level, settings.log.json_format)
-    try:
-        engine = build_engine(settings)
-    except (ArtifactError, EngineError) as exc:
-        log.error("cannot start: %s", exc)
+    engine = _start_engine(settings, settings.model.path, "model")
+    if engine is None:
         return 2
     log.info(
         "model %s (taxonomy %s, %d labels) on %s",
@@ -65,10 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     shadow_engine = None
     if settings.shadow.path is not None:
-        try:
-            shadow_engine = build_engine(settings, settings.shadow.path)
-        except (ArtifactError, EngineError) as exc:
-            log.error("cannot start: shadow model: %s", exc)
+        if (shadow_engine := _start_engine(settings, settings.shadow.path, "shadow model")) is None:
             return 2
         log.info(
             "shadow model %s (taxonomy %s) publishing to %s only",
