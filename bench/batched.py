@@ -12,40 +12,22 @@ from __future__ import annotations
 import json
 import time
 
-from bench.naive import TorchTagger
+from bench.naive import Competitor, TorchTagger
 from worker.contract import compose_text
 
 
 def run_batched(
-    bootstrap: str,
-    input_topic: str,
-    output_topic: str,
-    group_id: str,
-    tagger: TorchTagger,
-    n_messages: int,
-    *,
-    max_records: int = 64,
-    timeout_s: float = 300,
-    session_timeout_ms: int = 6000,
-    heartbeat_interval_ms: int = 1000,
+    c: Competitor, tagger: TorchTagger, n_messages: int, *, max_records: int = 64, timeout_s: float = 300
 ) -> dict[str, float]:
     """Consume `n_messages` (already in `input_topic`) a poll at a time; return timing.
 
     The clock starts at the first non-empty poll (group join excluded) and stops after the last
     commit, so `eps = n / elapsed` is the steady rate.
     """
-    from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+    from kafka import KafkaProducer, OffsetAndMetadata, TopicPartition
 
-    consumer = KafkaConsumer(
-        input_topic,
-        bootstrap_servers=bootstrap,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=session_timeout_ms,
-        heartbeat_interval_ms=heartbeat_interval_ms,
-    )
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    consumer = c.consumer(enable_auto_commit=False)
+    producer = KafkaProducer(bootstrap_servers=c.bootstrap, linger_ms=5)
     done, polls, started = 0, 0, None
     deadline = time.monotonic() + timeout_s
     try:
@@ -60,7 +42,7 @@ def run_batched(
             texts = [compose_text(e["title"], e.get("description")) for e in events]
             for event, tags in zip(events, tagger.tag(texts), strict=True):
                 value = {"product_id": event["product_id"], "tags": [{"tag": t, "score": s} for t, s in tags]}
-                producer.send(output_topic, key=event["product_id"].encode(), value=json.dumps(value).encode())
+                producer.send(c.output_topic, key=event["product_id"].encode(), value=json.dumps(value).encode())
             producer.flush(timeout=60)
             offsets: dict[TopicPartition, OffsetAndMetadata] = {}
             for m in records:
@@ -71,7 +53,4 @@ def run_batched(
     finally:
         producer.close(timeout=10)
         consumer.close()
-    if started is None or done == 0:
-        raise RuntimeError(f"batched consumer received no messages from {input_topic} within {timeout_s:.0f} s")
-    elapsed = time.perf_counter() - started
-    return {"events": float(done), "polls": float(polls), "elapsed_s": elapsed, "eps": done / elapsed}
+    return c.timing("batched", done, started, timeout_s) | {"polls": float(polls)}

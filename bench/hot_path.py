@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from collections.abc import Sequence
 
-from worker.clock import Abort
 from worker.contract import compose_text
 from worker.decode import cache_key, content_hash
 from worker.engine import Tag
-from worker.health import Health
-from worker.loop import Loop, RunBatch
+from worker.loop import build_loop
 from worker.metrics import Metrics
-from worker.outputs import BuildMessages
-from worker.publish import Publish
-from worker.records import DecodeRecords, Tokenize
-from worker.settings import BatchingSettings, KafkaSettings, LimitSettings, ShutdownSettings
-from worker.tagging import CacheLookup, TagBatch, tags_to_cache
+from worker.settings import KafkaSettings, load_settings
+from worker.tagging import tags_to_cache
 from worker.testing import FakeCache, FakeClock, FakeConsumer, FakeEngine, FakePublisher, ManualExecutor
 
 TITLES = [
@@ -42,37 +36,18 @@ def replay(events: int, partitions: int = 4) -> tuple[float, float]:
     the real loop, batch steps run inline. On shared cores the CPU-time rate is the steadier one."""
     clock = FakeClock()
     kafka = KafkaSettings(input_topic="in", output_topic="out", dlq_topic="dlq", commit_interval_ms=200)
+    settings = load_settings(kafka=kafka)
     consumer, publisher, engine, cache = FakeConsumer("in", partitions), FakePublisher(clock), FakeEngine(), FakeCache()
-    metrics, health, stop, abort = Metrics(), Health(cache=cache), threading.Event(), Abort(clock)
     for i in range(events):
         title = f"{TITLES[i % len(TITLES)]} {i % 5000}"
-        cache.data[cache_key("t:", engine.model_version, content_hash(compose_text(title)))] = tags_to_cache(TAGS)
+        key = cache_key(settings.redis.key_prefix, engine.model_version, content_hash(compose_text(title)))
+        cache.data[key] = tags_to_cache(TAGS)
         value = json.dumps({"product_id": f"p-{i}", "title": title}).encode()
         consumer.produce(value, partition=i % partitions, key=f"p-{i}".encode(), ts=1_750_000_000_000)
     executor = ManualExecutor()
     executor.auto = True
-    loop = Loop(
-        lambda: consumer,
-        kafka,
-        BatchingSettings(),
-        ShutdownSettings(),
-        DecodeRecords(LimitSettings(), metrics),
-        CacheLookup(cache, "t:", engine, metrics),
-        Tokenize(engine, metrics),
-        RunBatch(
-            TagBatch(engine, cache, "t:", metrics),
-            BuildMessages(kafka, engine),
-            Publish(publisher, kafka, metrics, health, abort, clock),
-            metrics,
-        ),
-        publisher,
-        metrics,
-        health,
-        stop,
-        abort,
-        clock,
-        executor=executor,
-    )
+    # Metrics on the real clock, as in the worker: their timing is part of the cost per event.
+    loop = build_loop(settings, engine, cache, lambda: consumer, publisher, clock, metrics=Metrics(), executor=executor)
     assert loop.start()
     started, cpu_started = time.perf_counter(), time.thread_time()
     while len(publisher.acked) < events:

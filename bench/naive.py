@@ -67,35 +67,49 @@ class TorchTagger:
         return out
 
 
-def run_naive(
-    bootstrap: str,
-    input_topic: str,
-    output_topic: str,
-    group_id: str,
-    tagger: TorchTagger,
-    n_messages: int,
-    timeout_s: float = 300,
-    session_timeout_ms: int = 6000,
-    heartbeat_interval_ms: int = 1000,
-) -> dict[str, float]:
+@dataclass(frozen=True)
+class Competitor:
+    """Where a competitor consumer reads and writes, and its group's timeouts."""
+
+    bootstrap: str
+    input_topic: str
+    output_topic: str
+    group_id: str
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+
+    def consumer(self, **config: Any) -> Any:
+        """A kafka-python consumer of `input_topic` in `group_id`, from the earliest offset."""
+        from kafka import KafkaConsumer
+
+        return KafkaConsumer(
+            self.input_topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            **config,
+        )
+
+    def timing(self, name: str, done: int, started: float | None, timeout_s: float) -> dict[str, float]:
+        """Events, seconds from the first message and their rate; raises when nothing arrived."""
+        if started is None or done == 0:
+            raise RuntimeError(f"{name} consumer received no messages from {self.input_topic} within {timeout_s:.0f} s")
+        elapsed = time.perf_counter() - started
+        return {"events": float(done), "elapsed_s": elapsed, "eps": done / elapsed}
+
+
+def run_naive(c: Competitor, tagger: TorchTagger, n_messages: int, timeout_s: float = 300) -> dict[str, float]:
     """Consume `n_messages` (already in `input_topic`) one by one; return timing.
 
     The clock starts at the first message received (group join excluded) and stops after the
     producer's final flush, so `eps = n / elapsed` is the steady per-message rate.
     """
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
 
-    consumer = KafkaConsumer(
-        input_topic,
-        bootstrap_servers=bootstrap,
-        group_id=group_id,
-        enable_auto_commit=True,
-        auto_offset_reset="earliest",
-        session_timeout_ms=session_timeout_ms,
-        heartbeat_interval_ms=heartbeat_interval_ms,
-        consumer_timeout_ms=int(timeout_s * 1000),
-    )
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    consumer = c.consumer(enable_auto_commit=True, consumer_timeout_ms=int(timeout_s * 1000))
+    producer = KafkaProducer(bootstrap_servers=c.bootstrap)
     done, started = 0, None
     try:
         for msg in consumer:
@@ -105,7 +119,7 @@ def run_naive(
             text = compose_text(event["title"], event.get("description"))
             tags = tagger.tag([text])[0]
             value = {"product_id": event["product_id"], "tags": [{"tag": t, "score": s} for t, s in tags]}
-            producer.send(output_topic, key=event["product_id"].encode(), value=json.dumps(value).encode())
+            producer.send(c.output_topic, key=event["product_id"].encode(), value=json.dumps(value).encode())
             done += 1
             if done >= n_messages:
                 break
@@ -113,7 +127,4 @@ def run_naive(
     finally:
         producer.close(timeout=10)
         consumer.close()
-    if started is None or done == 0:
-        raise RuntimeError(f"naive consumer received no messages from {input_topic} within {timeout_s:.0f} s")
-    elapsed = time.perf_counter() - started
-    return {"events": float(done), "elapsed_s": elapsed, "eps": done / elapsed}
+    return c.timing("naive", done, started, timeout_s)

@@ -21,6 +21,7 @@ from bench.harness import (
     stage_breakdown,
     tag_timings,
 )
+from bench.naive import Competitor
 from scripts.local_services import create_topics
 
 log = logging.getLogger("bench")
@@ -177,42 +178,29 @@ def inference_only(
     return out
 
 
-def naive(b: Bench, tagger: Any, pool: list[dict[str, str]], m: int) -> dict[str, float]:
-    from bench.naive import run_naive
-
-    suffix = f"bench-{b.run_id}-naive"
+def competitor(b: Bench, pool: list[dict[str, str]], m: int, name: str) -> Competitor:
+    """A competitor consumer's topics of its own, with `m` events of the pool already in its input."""
+    suffix = f"bench-{b.run_id}-{name}"
     create_topics(b.bootstrap, {f"in-{suffix}": 4, f"out-{suffix}": 4})
-    produce_burst(b.bootstrap, f"in-{suffix}", event_bytes(pool[:m], "naive"))
+    produce_burst(b.bootstrap, f"in-{suffix}", event_bytes(pool[:m], name))
     timeouts = group_timeouts(b.args.smoke)
-    return run_naive(
+    return Competitor(
         b.bootstrap,
         f"in-{suffix}",
         f"out-{suffix}",
         f"g-{suffix}",
-        tagger,
-        m,
         session_timeout_ms=int(timeouts["TAGGER_KAFKA__SESSION_TIMEOUT_MS"]),
         heartbeat_interval_ms=int(timeouts["TAGGER_KAFKA__HEARTBEAT_INTERVAL_MS"]),
     )
+
+
+def naive(b: Bench, tagger: Any, pool: list[dict[str, str]], m: int) -> dict[str, float]:
+    from bench.naive import run_naive
+
+    return run_naive(competitor(b, pool, m, "naive"), tagger, m)
 
 
 def batched(b: Bench, tagger: Any, pool: list[dict[str, str]], m: int, max_records: int) -> dict[str, float]:
     from bench.batched import run_batched
 
-    suffix = f"bench-{b.run_id}-batched"
-    create_topics(b.bootstrap, {f"in-{suffix}": 4, f"out-{suffix}": 4})
-    produce_burst(b.bootstrap, f"in-{suffix}", event_bytes(pool[:m], "batched"))
-    timeouts = group_timeouts(b.args.smoke)
-    return run_batched(
-        b.bootstrap,
-        f"in-{suffix}",
-        f"out-{suffix}",
-        f"g-{suffix}",
-        tagger,
-        m,
-        max_records=max_records,
-        session_timeout_ms=int(timeouts["TAGGER_KAFKA__SESSION_TIMEOUT_MS"]),
-        heartbeat_interval_ms=int(timeouts["TAGGER_KAFKA__HEARTBEAT_INTERVAL_MS"]),
-    )
-
-
+    return run_batched(competitor(b, pool, m, "batched"), tagger, m, max_records=max_records)

@@ -65,15 +65,22 @@ def build(
     return seconds
 
 
+def python_in(image: str, probe: str, failure: str) -> str:
+    """The output of `python -c probe` in `image`, run as in production (read-only, unprivileged);
+    a non-zero exit raises ImageError with `failure` and what the probe printed."""
+    proc = run(["podman", "run", *HARDENED, "--entrypoint", "python", image, "-c", probe], check=False, capture=True)
+    if proc.returncode != 0:
+        raise ImageError(f"{failure}:\n{(proc.stdout + proc.stderr).strip()}")
+    return proc.stdout
+
+
 def check_worker_has_no_torch(image: str = WORKER_IMAGE) -> None:
     probe = (
         "import importlib.util as u, sys; "
         "bad = [m for m in ('torch', 'exporter') if u.find_spec(m) is not None]; "
         "print('present:', bad) if bad else None; sys.exit(1 if bad else 0)"
     )
-    proc = run(["podman", "run", *HARDENED, "--entrypoint", "python", image, "-c", probe], check=False, capture=True)
-    if proc.returncode != 0:
-        raise ImageError(f"worker image {image} must not carry torch or the exporter: {proc.stdout.strip()}")
+    python_in(image, probe, f"worker image {image} must not carry torch or the exporter")
     log("worker image: no torch, no exporter package")
 
 
@@ -91,9 +98,7 @@ def check_worker_starts_read_only(image: str = WORKER_IMAGE) -> None:
         "try:\n    open('/app/probe', 'w')\nexcept OSError:\n    ro = True\n"
         "sys.exit(0 if ro else 'root filesystem is writable')"
     )
-    proc = run(["podman", "run", *HARDENED, "--entrypoint", "python", image, "-c", probe], check=False, capture=True)
-    if proc.returncode != 0:
-        raise ImageError(f"worker image {image} does not run read-only as uid {TAGGER_UID}:\n{proc.stderr.strip()}")
+    python_in(image, probe, f"worker image {image} does not run read-only as uid {TAGGER_UID}")
     missing = "/models/none"
     proc = run(
         ["podman", "run", *HARDENED, "-e", f"TAGGER_MODEL__PATH={missing}", image, "worker", "--check"],
@@ -115,10 +120,8 @@ def check_exporter(image: str = EXPORTER_IMAGE) -> None:
         "import torch, exporter.train; from exporter.base_models import resolve_base_model; "
         "print(torch.__version__, resolve_base_model('all-MiniLM-L6-v2'))"
     )
-    proc = run(["podman", "run", *HARDENED, "--entrypoint", "python", image, "-c", probe], check=False, capture=True)
-    if proc.returncode != 0:
-        raise ImageError(f"exporter image {image} cannot import torch or find its base model:\n{proc.stderr.strip()}")
-    log(f"exporter image: torch {proc.stdout.strip()}")
+    versions = python_in(image, probe, f"exporter image {image} cannot import torch or find its base model")
+    log(f"exporter image: torch {versions.strip()}")
 
 
 def main(argv: list[str] | None = None) -> int:

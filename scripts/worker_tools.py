@@ -12,7 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
+
+from worker.compare import topic_reader
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_GROUP = {"TAGGER_KAFKA__SESSION_TIMEOUT_MS": "6000", "TAGGER_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
@@ -30,14 +32,7 @@ def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | 
 
 def read_all(bootstrap: str, topic: str, until: Callable[[list[Any]], bool], timeout_s: float = 120) -> list[Any]:
     """Read `topic` from the beginning (no group) until `until(messages)` or the timeout."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        consumer_timeout_ms=1000,
-    )
+    consumer = topic_reader(bootstrap, topic, consumer_timeout_ms=1000)
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -68,6 +63,16 @@ def worker_env(bootstrap: str, redis_url: str, model: Path, suffix: str, **extra
     )
     env.update(extra)
     return env
+
+
+def served_worker_env(
+    bootstrap: str, redis_url: str, model: Path, suffix: str, **extra: str
+) -> tuple[dict[str, str], int]:
+    """`worker_env` with the health and metrics server on a free port: (env, port)."""
+    from scripts.local_services import free_port
+
+    port = free_port()
+    return worker_env(bootstrap, redis_url, model, suffix, TAGGER_HTTP__PORT=str(port), **extra), port
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -17,6 +17,21 @@ KINDS = {
 COLOURS = ["red", "blue", "black", "white", "green"]
 
 
+def manifest_fields(labels: list[str]) -> dict[str, object]:
+    """The smallest valid `manifest.json` content: per-facet thresholds of 0.5, one fake file hash."""
+    from worker.contract import Decisions
+
+    decisions = Decisions(labels=labels, thresholds=[0.5] * len(labels), threshold_strategy="per_facet")
+    return {
+        "model_version": "v",
+        "base_model": "b",
+        "decisions": decisions.model_dump(),
+        "opset": 17,
+        "max_seq_len": 32,
+        "files": {"model.onnx": "0" * 64},
+    }
+
+
 def make_rows(n: int, seed: int = 0) -> list[dict[str, object]]:
     rng = random.Random(seed)
     rows = []

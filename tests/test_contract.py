@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from exporter.data import split, title_key
 from schemas.training import TrainingRow
+from tests.model_factory import manifest_fields
 from worker.contract import Decider, Decisions, Manifest, enforce_single, fuse, single_valued_slots, slot_of
 from worker.lexical import Gazetteer, LexicalChannel, NeighbourIndex, char_features, normalise, word_features
 
@@ -137,15 +138,7 @@ def test_fusion_weight_blends_the_channels() -> None:
 
 
 def test_manifest_is_typed_and_refuses_unknown_fields() -> None:
-    decisions = Decisions(labels=["a:x"], thresholds=[0.5], threshold_strategy="per_facet")
-    fields = {
-        "model_version": "v",
-        "base_model": "b",
-        "decisions": decisions.model_dump(),
-        "opset": 17,
-        "max_seq_len": 32,
-        "files": {"model.onnx": "0" * 64},
-    }
+    fields = manifest_fields(["a:x"])
     assert Manifest.model_validate(fields).labels == ["a:x"]
     with pytest.raises(ValidationError, match="extra"):
         Manifest.model_validate(fields | {"surprise": 1})

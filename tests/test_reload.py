@@ -6,24 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 
 from schemas.events import TagEvent
 from worker.artifact import ArtifactError, load_manifest
-from worker.clock import Abort
 from worker.decode import cache_key
-from worker.health import Health
-from worker.loop import Loop, RunBatch
+from worker.loop import build_loop
 from worker.metrics import Metrics
-from worker.outputs import BuildMessages
-from worker.publish import Publish
-from worker.records import DecodeRecords, Tokenize
 from worker.reload import ModelHolder, Watcher
-from worker.settings import BatchingSettings, KafkaSettings, LimitSettings, ShutdownSettings
-from worker.tagging import CacheLookup, Engine, TagBatch
+from worker.settings import BatchingSettings, KafkaSettings, load_settings
+from worker.tagging import Engine
 from worker.testing import FakeCache, FakeClock, FakeConsumer, FakeEngine, FakePublisher, ManualExecutor
 
 KAFKA = KafkaSettings(input_topic="in", output_topic="out", dlq_topic="dlq", commit_interval_ms=0, poll_timeout_ms=1)
@@ -42,33 +36,23 @@ class ReloadRig:
         self.consumer, self.publisher = FakeConsumer("in", 1), FakePublisher(clock)
         self.old, self.cache = engine("v1"), FakeCache()
         self.metrics = metrics = Metrics(now=clock.now)
-        health, self.stop, abort = Health(cache=self.cache), threading.Event(), Abort(clock)
         self.models = models = ModelHolder(self.old, metrics)
         self.executor = ManualExecutor()
-        run_batch = RunBatch(
-            TagBatch(models, self.cache, "t:", metrics),
-            BuildMessages(KAFKA, models),
-            Publish(self.publisher, KAFKA, metrics, health, abort, clock),
-            metrics,
-            wall_clock=lambda: 1_750_000_000.0,
+        settings = load_settings(
+            kafka=KAFKA, batching=BatchingSettings(max_items=max_items, max_wait_ms=0, max_in_flight=max_in_flight)
         )
-        self.loop = Loop(
+        self.prefix = settings.redis.key_prefix
+        wall = 1_750_000_000.0  # fixed event timestamps
+        self.loop = build_loop(
+            settings,
+            models,
+            self.cache,
             lambda: self.consumer,
-            KAFKA,
-            BatchingSettings(max_items=max_items, max_wait_ms=0, max_in_flight=max_in_flight),
-            ShutdownSettings(),
-            DecodeRecords(LimitSettings(), metrics),
-            CacheLookup(self.cache, "t:", models, metrics),
-            Tokenize(models, metrics),
-            run_batch,
             self.publisher,
-            metrics,
-            health,
-            self.stop,
-            abort,
             clock,
+            metrics=metrics,
             executor=self.executor,
-            models=models,
+            wall_clock=lambda: wall,
         )
         assert self.loop.start()
 
@@ -109,7 +93,7 @@ def test_queued_and_in_flight_batches_finish_with_the_old_model_then_the_new_one
     assert len(r.old.inferred) == 4 and len(new.inferred) == 2  # each item inferred once, by its model
     assert r.consumer.commit_log[-1] == {r.consumer.tp(): 6}
     # results are cached under the version that computed them
-    assert all(cache_key("t:", e.model_version, e.content_hash) in r.cache.data for e in events)
+    assert all(cache_key(r.prefix, e.model_version, e.content_hash) in r.cache.data for e in events)
     assert r.sample("tagger_model_info", version="v2", role="live") == 1.0
     assert r.sample("tagger_model_info", version="v1", role="live") is None
     assert r.sample("tagger_model_reloads_total") == 1.0
@@ -138,7 +122,7 @@ def test_cache_lookups_after_the_switch_use_the_new_version() -> None:
         chash_probe.loop.step()
         chash_probe.executor.run_all()
     (ev,) = chash_probe.events()
-    r.cache.data[cache_key("t:", "v1", ev.content_hash)] = b'[["stale:old", 0.9]]'
+    r.cache.data[cache_key(r.prefix, "v1", ev.content_hash)] = b'[["stale:old", 0.9]]'
     for _ in range(3):
         r.loop.step()
         r.executor.run_all()

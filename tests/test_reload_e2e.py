@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from schemas.events import TagEvent
-from scripts.local_services import create_topics, free_port, http_ok, wait_until
-from tests.kafka_helpers import REPO, produce, read_all, start_worker, worker_env
+from scripts.local_services import create_topics, http_ok, wait_until
+from tests.kafka_helpers import REPO, produce, read_all, served_worker_env, start_worker
 from tests.model_factory import make_rows
 from worker.artifact import load_manifest
 
@@ -62,13 +62,11 @@ def test_model_switches_between_batches_while_streaming_and_a_corrupt_artifact_i
     create_topics(broker, {f"in-{unique}": 2, f"out-{unique}": 2, f"dlq-{unique}": 1})
     rows = make_rows(1500, seed=5)
     stream = [json.dumps({"product_id": f"r-{i}", "title": r["title"] + f" {i}"}).encode() for i, r in enumerate(rows)]
-    port = free_port()
-    env = worker_env(
+    env, port = served_worker_env(
         broker,
         redis_url,
         current,
         unique,
-        TAGGER_HTTP__PORT=str(port),
         TAGGER_BATCHING__MAX_ITEMS="16",
         TAGGER_MODEL__RELOAD_INTERVAL_S="0.3",
     )
@@ -142,13 +140,11 @@ def test_shadow_events_reach_only_the_shadow_topic_and_compare_reports_agreement
     create_topics(broker, {f"in-{unique}": 2, f"out-{unique}": 2, f"dlq-{unique}": 1, f"shadow-{unique}": 2})
     rows = make_rows(300, seed=9)
     stream = [json.dumps({"product_id": f"s-{i}", "title": r["title"]}).encode() for i, r in enumerate(rows)]
-    port = free_port()
-    env = worker_env(
+    env, port = served_worker_env(
         broker,
         redis_url,
         tiny_model,
         unique,
-        TAGGER_HTTP__PORT=str(port),
         TAGGER_SHADOW__PATH=str(second_model),
         TAGGER_SHADOW__OUTPUT_TOPIC=f"shadow-{unique}",
         TAGGER_SHADOW__BUDGET_MS="60000",  # this test wants every batch shadowed

@@ -7,7 +7,8 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import TagEvent
-from worker.contract import Decisions, Manifest, default_taxonomy_version
+from tests.model_factory import manifest_fields
+from worker.contract import Manifest, default_taxonomy_version
 from worker.metrics import Metrics
 from worker.outputs import BuildMessages
 from worker.records import DecodeRecords, Parsed, Tokenize, Valid
@@ -75,15 +76,7 @@ def test_default_taxonomy_version_is_a_hash_of_the_label_set() -> None:
 
 
 def test_manifest_records_the_taxonomy_and_falls_back_for_old_artifacts() -> None:
-    decisions = Decisions(labels=["a:x", "b:y"], thresholds=[0.5, 0.5], threshold_strategy="per_facet")
-    fields = {
-        "model_version": "v",
-        "base_model": "b",
-        "decisions": decisions.model_dump(),
-        "opset": 17,
-        "max_seq_len": 32,
-        "files": {"model.onnx": "0" * 64},
-    }
+    fields = manifest_fields(["a:x", "b:y"])
     old = Manifest.model_validate(fields)
     assert old.taxonomy_version is None and old.taxonomy == default_taxonomy_version(["b:y", "a:x"])
     assert Manifest.model_validate(fields | {"taxonomy_version": "2026.11"}).taxonomy == "2026.11"

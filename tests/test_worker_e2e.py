@@ -14,7 +14,7 @@ import pytest
 
 from schemas.events import DeadLetter, TagEvent
 from scripts.local_services import create_topics, free_port, http_ok, wait_until
-from tests.kafka_helpers import REPO, produce, read_all, start_worker, values, worker_env
+from tests.kafka_helpers import REPO, produce, read_all, served_worker_env, start_worker, values, worker_env
 from tests.model_factory import make_rows
 
 MALFORMED = [
@@ -50,13 +50,11 @@ def test_sigkill_mid_stream_loses_nothing(
     good = [_product(i, r) for i, r in enumerate(rows)]
     stream = good + MALFORMED * 5
     random.Random(1).shuffle(stream)
-    port = free_port()
-    env = worker_env(
+    env, port = served_worker_env(
         broker,
         redis_url,
         tiny_model,
         unique,
-        TAGGER_HTTP__PORT=str(port),
         TAGGER_BATCHING__MAX_ITEMS="32",
         TAGGER_KAFKA__CLIENT=client,
     )

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -16,13 +17,9 @@ import pytest
 from schemas.events import DeadLetter, TagEvent
 from worker.clock import Abort
 from worker.health import Health
-from worker.loop import COMMIT_BACKOFF_MAX_S, Loop, RunBatch
+from worker.loop import COMMIT_BACKOFF_MAX_S, Loop, build_loop
 from worker.metrics import Metrics
-from worker.outputs import BuildMessages
-from worker.publish import Publish
-from worker.records import DecodeRecords, Tokenize
-from worker.settings import BatchingSettings, KafkaSettings, LimitSettings, ShutdownSettings
-from worker.tagging import CacheLookup, TagBatch
+from worker.settings import BatchingSettings, KafkaSettings, LimitSettings, ShutdownSettings, load_settings
 from worker.testing import FakeCache, FakeClock, FakeConsumer, FakeEngine, FakePublisher, ManualExecutor
 
 KAFKA = KafkaSettings(input_topic="in", output_topic="out", dlq_topic="dlq", commit_interval_ms=0, poll_timeout_ms=1)
@@ -42,17 +39,25 @@ class Rig:
     loop: Loop
     executor: Executor
 
+    @property
+    def manual(self) -> ManualExecutor:
+        """The executor, when batches run only when told (the default)."""
+        assert isinstance(self.executor, ManualExecutor)
+        return self.executor
+
+    def produce(self, ids: Iterable[int | str]) -> None:
+        for i in ids:
+            self.consumer.produce(product(i))
+
     def steps(self, n: int) -> None:
         for _ in range(n):
             self.loop.step()
 
     def run_all(self, max_steps: int = 50) -> None:
         """Step, running every submitted batch, until nothing is queued or in flight."""
-        ex = self.executor
-        assert isinstance(ex, ManualExecutor)
         for _ in range(max_steps):
             self.loop.step()
-            ex.run_all()
+            self.manual.run_all()
             fetched = all(self.consumer.positions[tp] == len(self.consumer.logs[tp]) for tp in self.consumer.positions)
             if fetched and not len(self.loop.batcher) and not self.loop.ready and not self.loop.in_flight:
                 self.loop.step()  # reap and commit the last one
@@ -76,34 +81,19 @@ def rig(
 ) -> Rig:
     clock = FakeClock()
     consumer, publisher, engine, cache = FakeConsumer("in", partitions), FakePublisher(clock), FakeEngine(), FakeCache()
-    metrics, health, stop, abort = Metrics(now=clock.now), Health(cache=cache), threading.Event(), Abort(clock)
-    run_batch = RunBatch(
-        TagBatch(engine, cache, "t:", metrics),
-        BuildMessages(KAFKA, engine),
-        Publish(publisher, KAFKA, metrics, health, abort, clock),
-        metrics,
-        wall_clock=lambda: 1_750_000_000.0,
+    settings = load_settings(
+        kafka=KAFKA,
+        batching=BatchingSettings(max_items=max_items, max_wait_ms=max_wait_ms, max_in_flight=max_in_flight),
+        shutdown=ShutdownSettings(drain_timeout_s=drain_timeout_s),
     )
-    batching = BatchingSettings(max_items=max_items, max_wait_ms=max_wait_ms, max_in_flight=max_in_flight)
-    loop = Loop(
-        lambda: consumer,
-        KAFKA,
-        batching,
-        ShutdownSettings(drain_timeout_s=drain_timeout_s),
-        DecodeRecords(LimitSettings(), metrics),
-        CacheLookup(cache, "t:", engine, metrics),
-        Tokenize(engine, metrics),
-        run_batch,
-        publisher,
-        metrics,
-        health,
-        stop,
-        abort,
-        clock,
-        executor=executor or ManualExecutor(),
+    executor = executor or ManualExecutor()
+    wall = 1_750_000_000.0  # fixed event timestamps
+    loop = build_loop(
+        settings, engine, cache, lambda: consumer, publisher, clock, executor=executor, wall_clock=lambda: wall
     )
     assert loop.start()
-    return Rig(clock, consumer, publisher, engine, cache, metrics, health, stop, abort, loop, loop.executor)
+    m, h = loop.metrics, loop.health
+    return Rig(clock, consumer, publisher, engine, cache, m, h, loop.stop, loop.abort, loop, executor)
 
 
 def product(i: int | str, title: str | None = None) -> bytes:
@@ -112,11 +102,10 @@ def product(i: int | str, title: str | None = None) -> bytes:
 
 def test_out_of_order_completion_commits_in_consume_order() -> None:
     r = rig(max_items=2, max_in_flight=2)
-    for i in range(4):
-        r.consumer.produce(product(i))
+    r.produce(range(4))
     r.steps(2)  # poll 4 records, then submit two batches of 2
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor) and len(ex.queue) == 2
+    ex = r.manual
+    assert len(ex.queue) == 2
     ex.run(1)  # the second batch finishes first
     r.steps(1)
     assert r.consumer.commit_log == [], "committed past a batch still in flight"
@@ -128,11 +117,9 @@ def test_out_of_order_completion_commits_in_consume_order() -> None:
 
 def test_nothing_is_committed_past_a_failed_batch() -> None:
     r = rig(max_items=2, max_in_flight=2)
-    for i in range(4):
-        r.consumer.produce(product(i))
+    r.produce(range(4))
     r.steps(2)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     ex.run(1)  # batch 2 succeeds
     r.engine.broken = True
     ex.run(0)  # batch 1: every item fails on its own -> a fault, not dead letters
@@ -144,38 +131,50 @@ def test_nothing_is_committed_past_a_failed_batch() -> None:
     assert r.publisher.values("dlq") == []
 
 
-def test_sigterm_with_a_hung_broker_returns_within_the_drain_budget() -> None:
-    budget = 20.0
+def stalled_rig(budget: float) -> Rig:
+    """Two records that publish, then two whose publish hangs (a silent broker), run on a thread."""
     r = rig(max_items=2, max_in_flight=1, drain_timeout_s=budget, executor=ThreadPoolExecutor(1))
-    for i in range(2):
-        r.consumer.produce(product(i))
+    r.produce(range(2))
     for i in range(2):
         r.consumer.produce(product(f"stall-{i}"))
     r.publisher.stall = lambda value: b"stall" in value
+    return r
+
+
+def await_drain(r: Rig) -> None:
+    """Let the loop begin its drain before a stalled flush uses up fake time."""
+    for _ in range(1000):
+        if r.abort.deadline != math.inf:
+            break
+        threading.Event().wait(0.01)
+
+
+def run_to_exit(r: Rig) -> int:
+    code: list[int] = []
+    t = threading.Thread(target=lambda: code.append(r.loop.run()))
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "shutdown did not return"
+    assert r.consumer.closed and r.publisher.closed
+    assert all(off <= 2 for c in r.consumer.commit_log for off in c.values()), "committed an unacknowledged batch"
+    return code[0]
+
+
+def test_sigterm_with_a_hung_broker_returns_within_the_drain_budget() -> None:
+    budget = 20.0
+    r = stalled_rig(budget)
     stopped_at: list[float] = []
 
     def sigterm_when_stalled() -> None:
         if not stopped_at:
             stopped_at.append(r.clock.now())
             r.stop.set()
-            # let the loop begin its drain before this flush uses up fake time
-            for _ in range(1000):
-                if r.abort.deadline != math.inf:
-                    break
-                threading.Event().wait(0.01)
+            await_drain(r)
 
     r.publisher.on_stall = sigterm_when_stalled
-    code: list[int] = []
-    t = threading.Thread(target=lambda: code.append(r.loop.run()))
-    t.start()
-    t.join(timeout=60)
-    assert not t.is_alive(), "shutdown did not return"
-    assert code == [0]
+    assert run_to_exit(r) == 0
     assert r.clock.now() - stopped_at[0] <= budget
-    tp = r.consumer.tp()
-    assert r.consumer.committed_offsets == {tp: 2}, "committed an unacknowledged batch"
-    assert all(off <= 2 for c in r.consumer.commit_log for off in c.values())
-    assert r.consumer.closed and r.publisher.closed
+    assert r.consumer.committed_offsets == {r.consumer.tp(): 2}
 
 
 def test_every_wait_of_the_drain_fits_the_budget_counted_from_the_signal() -> None:
@@ -184,12 +183,7 @@ def test_every_wait_of_the_drain_fits_the_budget_counted_from_the_signal() -> No
     # start of the drain and the commit took all that was left, the closes came on top (11.6 s
     # against 10 s in the fault suite).
     budget = 10.0
-    r = rig(max_items=2, max_in_flight=1, drain_timeout_s=budget, executor=ThreadPoolExecutor(1))
-    for i in range(2):
-        r.consumer.produce(product(i))
-    for i in range(2):
-        r.consumer.produce(product(f"stall-{i}"))
-    r.publisher.stall = lambda value: b"stall" in value
+    r = stalled_rig(budget)
 
     def broker_freezes_then_sigterm() -> None:
         if r.abort.requested_at is None:
@@ -197,21 +191,11 @@ def test_every_wait_of_the_drain_fits_the_budget_counted_from_the_signal() -> No
             r.abort.requested_at = r.clock.now()
             r.clock.advance(budget / 4)  # the step was blocked in a commit when the signal came
             r.stop.set()
-            for _ in range(1000):  # let the loop begin its drain before this flush uses up fake time
-                if r.abort.deadline != math.inf:
-                    break
-                threading.Event().wait(0.01)
+            await_drain(r)
 
     r.publisher.on_stall = broker_freezes_then_sigterm
-    code: list[int] = []
-    t = threading.Thread(target=lambda: code.append(r.loop.run()))
-    t.start()
-    t.join(timeout=60)
-    assert not t.is_alive(), "shutdown did not return"
-    assert code == [0] and r.abort.requested_at is not None
+    assert run_to_exit(r) == 0 and r.abort.requested_at is not None
     assert r.clock.now() - r.abort.requested_at <= budget - 0.5, "no time left for the process to exit"
-    assert r.consumer.closed and r.publisher.closed
-    assert all(off <= 2 for c in r.consumer.commit_log for off in c.values())
 
 
 def test_failed_commits_back_off_and_log_once_per_attempt(caplog: pytest.LogCaptureFixture) -> None:
@@ -224,8 +208,7 @@ def test_failed_commits_back_off_and_log_once_per_attempt(caplog: pytest.LogCapt
     caplog.set_level(logging.WARNING, logger="worker.loop")
     for _ in range(400):  # 20 s of steps
         r.steps(1)
-        assert isinstance(r.executor, ManualExecutor)
-        r.executor.run_all()
+        r.manual.run_all()
         r.clock.advance(0.05)
     attempts = 10**6 - r.consumer.commit_errors
     assert 3 <= attempts <= 10
@@ -275,8 +258,7 @@ def test_no_poll_backoff_while_rejoining_after_a_revoke() -> None:
 
 def test_backpressure_pauses_then_resumes() -> None:
     r = rig(max_items=1, max_in_flight=1)
-    for i in range(3):
-        r.consumer.produce(product(i))
+    r.produce(range(3))
     r.steps(2)  # poll 2 (room for the next batches only); submit 1 -> slots full and a full batch waiting
     tp = r.consumer.tp()
     assert r.consumer.paused() == {tp}
@@ -295,15 +277,13 @@ def test_rebalance_while_paused_and_a_batch_is_stuck_loses_nothing() -> None:
     # The audit's failure: a rebalance while partitions are paused and a batch is stuck. The
     # member keeps the partition; kafka-python keeps its paused flag and its fetch position.
     r = rig(max_items=2, max_in_flight=1)
-    for i in range(6):
-        r.consumer.produce(product(i))
+    r.produce(range(6))
     r.steps(2)  # batch (0, 1) in flight and stuck; 2..5 queued; partition paused
     tp = r.consumer.tp()
     assert r.consumer.paused() == {tp}
     r.consumer.rebalance()  # revoke everything, assign the same partition again
     r.steps(1)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     ex.run_all()  # the stuck batch finishes after the rebalance: its offsets are stale
     r.run_all()
     assert r.consumer.paused() == set(), "a kept partition stayed paused"
@@ -319,8 +299,7 @@ def test_revocation_mid_batch_commits_nothing_for_the_revoked_partition() -> Non
     r.steps(2)  # one batch of 4 across both partitions, in flight
     r.consumer.rebalance([r.consumer.tp(0)])  # partition 1 goes to another member
     r.steps(1)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     ex.run_all()
     r.run_all()
     commits = {tp for c in r.consumer.commit_log for tp in c}
@@ -330,11 +309,9 @@ def test_revocation_mid_batch_commits_nothing_for_the_revoked_partition() -> Non
 
 def test_lost_partitions_are_read_again_from_the_last_commit() -> None:
     r = rig(max_items=2, max_in_flight=1)
-    for i in range(4):
-        r.consumer.produce(product(i))
+    r.produce(range(4))
     r.steps(2)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     ex.run_all()
     r.steps(2)  # batch (0, 1) committed; batch (2, 3) in flight
     tp = r.consumer.tp()
@@ -397,8 +374,7 @@ def test_readiness_follows_the_connection_on_a_quiet_topic() -> None:
 def test_lag_counts_consumed_but_uncommitted_records() -> None:
     r = rig(max_items=10)
     r.steps(1)
-    for i in range(5):
-        r.consumer.produce(product(i))
+    r.produce(range(5))
     r.clock.advance(10)
     r.steps(1)  # polled (position 5) but nothing committed
     assert r.gauge("tagger_consumer_lag", partition="0") == 5
@@ -436,8 +412,7 @@ def test_records_fetched_in_the_poll_that_rebalanced_are_read_again() -> None:
     # that poll fetched arrive after a revoke and must be re-read, not dropped for good.
     r = rig(max_items=2)
     r.consumer.rebalance()
-    for i in range(4):
-        r.consumer.produce(product(i))
+    r.produce(range(4))
     r.run_all()
     assert set(r.products()) == {f"p-{i}" for i in range(4)}
     assert r.consumer.committed_offsets == {r.consumer.tp(): 4}
@@ -445,13 +420,11 @@ def test_records_fetched_in_the_poll_that_rebalanced_are_read_again() -> None:
 
 def test_adaptive_batching_follows_the_load() -> None:
     r = rig(max_items=8, max_in_flight=2, max_wait_ms=1000)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     r.consumer.produce(product(0))
     r.steps(2)
     assert len(ex.queue) == 1, "idle: a lone record goes at once"
-    for i in range(1, 4):
-        r.consumer.produce(product(i))
+    r.produce(range(1, 4))
     r.steps(2)
     assert len(ex.queue) == 1, "busy: records wait to fill a batch"
     ex.run_all()
@@ -461,8 +434,7 @@ def test_adaptive_batching_follows_the_load() -> None:
 
 def test_cache_hits_skip_batching_and_inference() -> None:
     r = rig(max_items=8, max_in_flight=2, max_wait_ms=1000)
-    ex = r.executor
-    assert isinstance(ex, ManualExecutor)
+    ex = r.manual
     r.consumer.produce(product(0, "seen before"))
     r.run_all()
     runs = r.engine.runs

@@ -50,16 +50,16 @@ def compare(live: Iterable[TagEvent], shadow: Iterable[TagEvent]) -> dict[str, A
     }
 
 
-def read_topic(bootstrap: str, topic: str, idle_s: float, max_s: float) -> list[TagEvent]:
+def topic_reader(bootstrap: str, topic: str, **config: Any) -> Any:
+    """A kafka-python consumer of `topic` from its beginning, in no group (it never commits)."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
+    never_commits = {"group_id": None, "enable_auto_commit": False}
+    return KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", **never_commits, **config)
+
+
+def read_topic(bootstrap: str, topic: str, idle_s: float, max_s: float) -> list[TagEvent]:
+    consumer = topic_reader(bootstrap, topic)
     out: list[TagEvent] = []
     started = last = time.monotonic()
     try:

@@ -83,12 +83,7 @@ def common_config(s: KafkaSettings) -> dict[str, Any]:
         "logger": rdkafka_log,
         "log_level": _syslog_level(rdkafka_log),
     }
-    if s.sasl_mechanism:
-        cfg["sasl.mechanism"] = s.sasl_mechanism
-        cfg["sasl.username"] = s.sasl_username
-        cfg["sasl.password"] = s.sasl_password.get_secret_value() if s.sasl_password else None
-    if s.ssl_cafile:
-        cfg["ssl.ca.location"] = str(s.ssl_cafile)
+    cfg.update(s.auth_options("sasl.mechanism", "sasl.username", "sasl.password", "ssl.ca.location"))
     return cfg
 
 

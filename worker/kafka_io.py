@@ -7,7 +7,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -45,12 +45,7 @@ def client_config(s: KafkaSettings) -> dict[str, Any]:
         "bootstrap_timeout_ms": int(s.bootstrap_timeout_s * 1000),
         "reconnect_backoff_max_ms": int(s.retry_backoff_max_s * 1000),
     }
-    if s.sasl_mechanism:
-        cfg["sasl_mechanism"] = s.sasl_mechanism
-        cfg["sasl_plain_username"] = s.sasl_username
-        cfg["sasl_plain_password"] = s.sasl_password.get_secret_value() if s.sasl_password else None
-    if s.ssl_cafile:
-        cfg["ssl_cafile"] = str(s.ssl_cafile)
+    cfg.update(s.auth_options("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile"))
     return cfg
 
 
@@ -65,14 +60,15 @@ def _theirs(tp: TopicPartition) -> KafkaTP:
 class _Listener(ConsumerRebalanceListener):
     """kafka-python calls this on its IO thread: translate and hand over, nothing else."""
 
-    def __init__(self, target: RebalanceListener) -> None:
-        self.target = target
+    def __init__(self, target: RebalanceListener, joined: Callable[[], None] = lambda: None) -> None:
+        self.target, self.joined = target, joined
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         if revoked:
             self.target.on_revoked({_ours(tp) for tp in revoked})
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.joined()
         self.target.on_assigned({_ours(tp) for tp in assigned})
 
     def on_partitions_lost(self, lost: Any) -> None:
@@ -86,9 +82,13 @@ class KafkaPythonConsumer:
     def __init__(self, consumer: KafkaConsumer, s: KafkaSettings, now: Any = time.monotonic) -> None:
         self._c, self.settings, self.now = consumer, s, now
         self._connected, self._checked_at = True, -1.0
+        self._joined_at = -math.inf  # heartbeats restart one interval after each join
+
+    def _joined(self) -> None:
+        self._joined_at = self.now()
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
-        self._c.subscribe(list(topics), listener=_Listener(listener))
+        self._c.subscribe(list(topics), listener=_Listener(listener, self._joined))
 
     def poll(self, timeout_s: float, max_records: int) -> list[ConsumedRecord]:
         try:
@@ -146,13 +146,22 @@ class KafkaPythonConsumer:
 
     def connected(self) -> bool:
         # kafka-python's poll does not raise while every broker is unreachable; the coordinator's
-        # heartbeat age does tell. metrics() builds a dict of everything: look at most once a second.
-        if self.now() - self._checked_at >= 1.0:
+        # heartbeat age does tell. A heartbeat goes out every interval once the previous one is
+        # answered, so one sent two intervals ago and still unanswered means a silent broker. The
+        # session timeout was too late a sign: while a fetch hangs on a silent broker, kafka-python
+        # busy-waits for the whole of every poll (measured 0.5-1 CPU-s per second of outage), so the
+        # loop must stop polling back to back (it backs off while this is False) within seconds.
+        # metrics() builds a dict of everything: look at most every half interval.
+        s = self.settings
+        if self.now() - self._checked_at >= min(1.0, s.heartbeat_interval_ms / 2000):
             self._checked_at = self.now()
             stats = (self._c.metrics() or {}).get("consumer-coordinator-metrics", {})
             ago = stats.get("last-heartbeat-seconds-ago")
+            if ago is not None:
+                ago = min(ago, self.now() - self._joined_at)  # none sent while (re)joining
+            silent_s = min(s.session_timeout_ms, 2 * s.heartbeat_interval_ms) / 1000
             # inf until the first heartbeat (still joining the group after a successful connect)
-            self._connected = ago is None or math.isinf(ago) or ago < self.settings.session_timeout_ms / 1000
+            self._connected = ago is None or math.isinf(ago) or ago < silent_s
         return self._connected
 
     def close(self, timeout_s: float) -> None:

@@ -8,6 +8,9 @@ One iteration (`step`): collect finished batches, commit what the tracker allows
 batches (at most `max_in_flight`), pause or resume partitions (backpressure), poll, act on
 rebalance events, decode and queue records, update health. Signal handlers only set `stop`;
 `run` then drains with a deadline (`shutdown`) and returns an exit code.
+
+`build_loop` is the one way a loop is put together (the worker, the benchmarks and the tests):
+from the settings, the model, the cache, the two sides of the transport and a clock.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from functools import partial
 from threading import Event
 
 from worker.batcher import Batcher
+from worker.cache import Cache
 from worker.clock import Abort, Clock
 from worker.health import Health
 from worker.metrics import Metrics
@@ -30,7 +34,7 @@ from worker.publish import FLUSH_SLICE_S, Publish, PublishAborted
 from worker.rebalance import RebalanceEvents
 from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
 from worker.reload import ModelHolder
-from worker.settings import BatchingSettings, KafkaSettings, ShutdownSettings
+from worker.settings import BatchingSettings, KafkaSettings, ShutdownSettings, WorkerSettings
 from worker.shadow import ShadowRun
 from worker.tagging import CacheLookup, Engine, TagBatch, Tagged
 from worker.transport import CommitRejected, ConsumedRecord, Consumer, Publisher, TopicPartition, TransportError
@@ -148,6 +152,7 @@ class Loop:
         self._next_commit = 0.0
         self._commit_failures = 0
         self._offline_wait = 0.0
+        self._rejoining = False  # revoked, waiting for the next assignment
         self._next_lag = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -477,3 +482,52 @@ class Loop:
             t["commits"],
             " (failed)" if self.failed else "",
         )
+
+
+def build_loop(
+    settings: WorkerSettings,
+    engine: Engine,
+    cache: Cache,
+    connect: Callable[[], Consumer],
+    publisher: Publisher,
+    clock: Clock,
+    *,
+    metrics: Metrics | None = None,
+    health: Health | None = None,
+    executor: Executor | None = None,
+    shadow: ShadowRun | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> Loop:
+    """The poll loop and its steps, each given its own settings section. `engine` is a fixed model,
+    or a `ModelHolder` that the loop switches between batches on a hot reload. Fresh metrics and
+    health (with `cache` to probe) unless given; the loop's `stop` and `abort` are new, for the
+    caller's signal handlers."""
+    metrics = metrics or Metrics(now=clock.now)
+    health = health or Health(cache=cache)
+    abort, k, prefix = Abort(clock), settings.kafka, settings.redis.key_prefix
+    run_batch = RunBatch(
+        TagBatch(engine, cache, prefix, metrics),
+        BuildMessages(k, engine, settings.limits),
+        Publish(publisher, k, metrics, health, abort, clock),
+        metrics,
+        wall_clock=wall_clock,
+        shadow=shadow,
+    )
+    return Loop(
+        connect,
+        k,
+        settings.batching,
+        settings.shutdown,
+        DecodeRecords(settings.limits, metrics),
+        CacheLookup(cache, prefix, engine, metrics),
+        Tokenize(engine, metrics),
+        run_batch,
+        publisher,
+        metrics,
+        health,
+        Event(),
+        abort,
+        clock,
+        executor=executor,
+        models=engine if isinstance(engine, ModelHolder) else None,
+    )

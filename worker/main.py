@@ -7,7 +7,6 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from functools import partial
 from pathlib import Path
 
@@ -43,6 +42,14 @@ def build_engine(s: WorkerSettings, path: Path | None = None) -> TagEngine:
     )
 
 
+def _start_engine(s: WorkerSettings, path: Path, role: str) -> TagEngine | None:
+    try:
+        return build_engine(s, path)
+    except (ArtifactError, EngineError) as exc:
+        log.error("cannot start: %s: %s", role, exc)
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
@@ -52,10 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from worker import logs
 
     logs.configure(settings.log.level, settings.log.json_format)
-    try:
-        engine = build_engine(settings)
-    except (ArtifactError, EngineError) as exc:
-        log.error("cannot start: %s", exc)
+    engine = _start_engine(settings, settings.model.path, "model")
+    if engine is None:
         return 2
     log.info(
         "model %s (taxonomy %s, %d labels) on %s",
@@ -66,10 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     shadow_engine = None
     if settings.shadow.path is not None:
-        try:
-            shadow_engine = build_engine(settings, settings.shadow.path)
-        except (ArtifactError, EngineError) as exc:
-            log.error("cannot start: shadow model: %s", exc)
+        if (shadow_engine := _start_engine(settings, settings.shadow.path, "shadow model")) is None:
             return 2
         log.info(
             "shadow model %s (taxonomy %s) publishing to %s only",
@@ -86,16 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
     from worker import kafka_confluent, kafka_io
     from worker.cache import Cache, NoCache, RedisCache
-    from worker.clock import Abort, RealClock
+    from worker.clock import RealClock
     from worker.health import Health, serve
-    from worker.loop import Loop, RunBatch
+    from worker.loop import build_loop
     from worker.metrics import Metrics
-    from worker.outputs import BuildMessages
-    from worker.publish import Publish
-    from worker.records import DecodeRecords, Tokenize
     from worker.reload import ModelHolder, Watcher
     from worker.shadow import ShadowRun
-    from worker.tagging import CacheLookup, TagBatch
 
     clock = RealClock()
     metrics = Metrics()
@@ -107,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
             settings.model.path, models, partial(build_engine, settings), settings.model.reload_interval_s, metrics
         )
         watcher.start()
-    stop, abort = threading.Event(), Abort(clock)
     cache: Cache = NoCache()
     if settings.redis.enabled:
         r = settings.redis
@@ -121,49 +118,28 @@ def run(args: argparse.Namespace) -> int:
         )
         health.cache = cache
     server = serve(settings.http.host, settings.http.port, health, metrics) if settings.http.port else None
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if abort.requested_at is None:
-            abort.requested_at = clock.now()
-        log.info("%s: draining (budget %.0f s)", signal.Signals(signum).name, settings.shutdown.drain_timeout_s)
-        health.stopping = True
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     k = settings.kafka
     # Two transports behind the same Protocols (worker/transport.py); README: which to pick when.
     confluent = k.client == "confluent"
     publisher = kafka_confluent.ConfluentPublisher(k) if confluent else kafka_io.KafkaPublisher(k)
     connect = kafka_confluent.connect_consumer if confluent else kafka_io.connect_consumer
-    run_batch = RunBatch(
-        TagBatch(models, cache, settings.redis.key_prefix, metrics),
-        BuildMessages(k, models, settings.limits),
-        Publish(publisher, k, metrics, health, abort, clock),
-        metrics,
-        shadow=ShadowRun(shadow_engine, settings.shadow.output_topic, settings.shadow.budget_ms / 1000, metrics)
-        if shadow_engine is not None
-        else None,
-    )
+    shadow = None
     if shadow_engine is not None:
+        shadow = ShadowRun(shadow_engine, settings.shadow.output_topic, settings.shadow.budget_ms / 1000, metrics)
         metrics.model_info.labels(shadow_engine.model_version, "shadow").set(1)
-    loop = Loop(
-        lambda: connect(k),
-        k,
-        settings.batching,
-        settings.shutdown,
-        DecodeRecords(settings.limits, metrics),
-        CacheLookup(cache, settings.redis.key_prefix, models, metrics),
-        Tokenize(models, metrics),
-        run_batch,
-        publisher,
-        metrics,
-        health,
-        stop,
-        abort,
-        clock,
-        models=models,
+    loop = build_loop(
+        settings, models, cache, lambda: connect(k), publisher, clock, metrics=metrics, health=health, shadow=shadow
     )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if loop.abort.requested_at is None:
+            loop.abort.requested_at = clock.now()
+        log.info("%s: draining (budget %.0f s)", signal.Signals(signum).name, settings.shutdown.drain_timeout_s)
+        health.stopping = True
+        loop.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     code = loop.run()
     if watcher is not None:
         watcher.close()

@@ -68,6 +68,17 @@ class KafkaSettings(_Section):
     retry_backoff_max_s: float = Field(30.0, gt=0, description="Upper bound of the reconnect/retry backoff.")
     bootstrap_timeout_s: float = Field(10.0, gt=0, description="How long one connection attempt may take.")
 
+    def auth_options(self, mechanism: str, username: str, password: str, cafile: str) -> dict[str, str | None]:
+        """The SASL and TLS settings that are set, under one client library's option names."""
+        out: dict[str, str | None] = {}
+        if self.sasl_mechanism:
+            out[mechanism] = self.sasl_mechanism
+            out[username] = self.sasl_username
+            out[password] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.ssl_cafile:
+            out[cafile] = str(self.ssl_cafile)
+        return out
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL_") and not (

@@ -9,6 +9,7 @@ the rest is tagged. Pure logic over two Protocols (`Engine`, `Cache`), tested wi
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,7 +38,7 @@ class Engine(Protocol):
     @property
     def taxonomy_version(self) -> str: ...
 
-    def encode(self, texts: list[str]) -> list[Encoded]: ...
+    def encode(self, texts: Sequence[str]) -> list[Encoded]: ...
 
     def run(self, items: list[Encoded]) -> Outputs: ...
 
