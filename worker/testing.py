@@ -12,16 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from worker import transport
 from worker.engine import Encoded, Outputs, Tag
-from worker.transport import (
-    CommitRejected,
-    ConsumedRecord,
-    Delivery,
-    RebalanceListener,
-    RecordTooLarge,
-    TopicPartition,
-    TransportError,
-)
+from worker.transport import ConsumedRecord, Delivery, RebalanceListener, TopicPartition
 
 
 class FakeClock:
@@ -108,7 +101,7 @@ class FakeConsumer:
             self.on_poll(self)
         if self.poll_errors:
             self.poll_errors -= 1
-            raise TransportError("poll: NodeNotReadyError (scripted)")
+            raise transport.TransportError("poll: NodeNotReadyError (scripted)")
         while self._rebalances:
             self._apply_rebalance(*self._rebalances.pop(0))
         out: list[ConsumedRecord] = []
@@ -138,12 +131,12 @@ class FakeConsumer:
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
         if self.frozen is not None:
             self.frozen.advance(timeout_s)
-            raise TransportError("commit: KafkaTimeoutError (scripted)")
+            raise transport.TransportError("commit: KafkaTimeoutError (scripted)")
         if self.commit_errors:
             self.commit_errors -= 1
-            raise TransportError("commit: KafkaConnectionError (scripted)")
+            raise transport.TransportError("commit: KafkaConnectionError (scripted)")
         if self.reject_commits or not set(offsets) <= self._assignment:
-            raise CommitRejected("CommitFailedError (scripted)")
+            raise transport.CommitRejected("CommitFailedError (scripted)")
         self.commit_log.append(dict(offsets))
         self.committed_offsets.update(offsets)
 
@@ -203,10 +196,10 @@ class FakePublisher:
                     continue
                 d.is_done = True
                 if self.max_message_bytes is not None and len(msg[2]) + len(msg[1] or b"") > self.max_message_bytes:
-                    d.exception = RecordTooLarge("MessageSizeTooLargeError (scripted)")
+                    d.exception = transport.RecordTooLarge("MessageSizeTooLargeError (scripted)")
                 elif self.fail_next:
                     self.fail_next -= 1
-                    d.exception = TransportError("NotEnoughReplicasError (scripted)")
+                    d.exception = transport.TransportError("NotEnoughReplicasError (scripted)")
                 else:
                     self.acked.append(msg)
             self._pending = still
