@@ -181,18 +181,24 @@ class NeighbourIndex:
         return csr_matrix((self.values, self.items, self.indptr), shape=(len(self.featurizer), self.n_items))
 
     def scores(self, texts: Sequence[str], chunk: int = 128) -> np.ndarray:
-        """[n, labels] float32 in [0, 1]; queries in chunks (memory grows with chunk x postings)."""
-        if len(texts) > chunk:
-            return np.vstack([self.scores(texts[i : i + chunk], chunk) for i in range(0, len(texts), chunk)])
-        out = np.zeros((len(texts), self.n_labels), dtype=np.float32)
-        if not len(texts) or not self.n_items:
+        """[n, labels] float32 in [0, 1]."""
+        return self.scores_of(self.featurizer.matrix(texts), chunk)
+
+    def scores_of(self, x: csr_matrix, chunk: int = 128) -> np.ndarray:
+        """Scores of featurized queries (`Featurizer.matrix`), in chunks (memory grows with chunk x
+        postings)."""
+        n = x.shape[0]
+        if n > chunk:
+            return np.vstack([self.scores_of(x[i : i + chunk], chunk) for i in range(0, n, chunk)])
+        out = np.zeros((n, self.n_labels), dtype=np.float32)
+        if not n or not self.n_items:
             return out
-        sims = self.similarities(texts)
+        sims = np.asarray((x @ self._postings).toarray())
         k = min(self.k, self.n_items)
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         weight = np.take_along_axis(sims, top, axis=1).clip(min=0.0) ** self.power
         total = weight.sum(axis=1)
-        for i in range(len(texts)):
+        for i in range(n):
             if total[i] <= 0:
                 continue
             for item, w in zip(top[i], weight[i], strict=True):
@@ -366,13 +372,13 @@ class LexicalChannel:
         return cls(NeighbourIndex.build(texts, tags, len(labels)), Gazetteer.build(labels, texts, tags), single)
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
-        out = self.index.scores(texts)
+        x = self.index.featurizer.matrix(texts)  # featurizing is the costly part: once for both
+        out = self.index.scores_of(x)
         if self.single.any():
             out[:, self.single] = 0.5 * (out[:, self.single] + self.gazetteer.scores(texts)[:, self.single])
         if self.slots is not None and len(texts):
             cols = self.slots.covered
-            linear = self.slots.scores(self.index.featurizer.matrix(texts), self.index.n_labels)
-            out[:, cols] = 0.5 * (out[:, cols] + linear[:, cols])
+            out[:, cols] = 0.5 * (out[:, cols] + self.slots.scores(x, self.index.n_labels)[:, cols])
         return out
 
     def save(self, directory: Path) -> list[str]:
