@@ -38,7 +38,7 @@ from worker.contract import (
     single_valued_slots,
     slot_of,
 )
-from worker.lexical import LexicalChannel
+from worker.lexical import LexicalChannel, SlotRegression
 from worker.spans import IGNORE, _is_cjk, align, bio_labels, find_span, n_classes
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,57 @@ def auto_base_model(rows: Sequence[TrainingRow], cjk_share: float = 0.05) -> str
     return MULTILINGUAL_BASE if chars and cjk / len(chars) >= cjk_share else DEFAULT_BASE
 
 
+def out_of_sample_f1(
+    scores: np.ndarray,
+    y_val: np.ndarray,
+    labels: list[str],
+    single_slots: list[str],
+    seed: int,
+    facet: str | None = None,
+) -> float:
+    """Validation micro-F1 (in-vocabulary tags; of one facet's, given `facet`) of scores under the
+    served decisions, thresholds tuned on one half of the split and scored on the other, both ways
+    (per-facet thresholds: cheap)."""
+    idx = np.random.default_rng(seed).permutation(len(y_val))
+    halves = (idx[: len(idx) // 2], idx[len(idx) // 2 :])
+    cols = np.array([facet is None or facet_of(label) == facet for label in labels])
+    fs = []
+    for a, b in (halves, halves[::-1]):
+        th = tune_thresholds(scores[a], y_val[a], labels, "per_facet")
+        pred = binarize([[t for t, _ in x] for x in Decider(labels, th, single_slots).decide_all(scores[b])], labels)
+        fs.append(micro_f1(y_val[b][:, cols], pred[:, cols]))
+    return round(float(np.mean(fs)), 4)
+
+
+def check_slot_regressions(
+    lexical: LexicalChannel,
+    val_texts: list[str],
+    y_val: np.ndarray,
+    labels: list[str],
+    single_slots: list[str],
+    seed: int,
+) -> LexicalChannel:
+    """Keep a slot's regression only where it does not lower its facet's out-of-sample validation
+    F1 (a regression fitted on a few dozen uses of a slot, OpenBG's colours, can do worse than the
+    neighbour vote it is averaged with, while the category levels gain)."""
+    slots = lexical.slots
+    if slots is None:
+        return lexical
+
+    def f1_with(regressions: SlotRegression, facet: str) -> float:
+        scores = dataclasses.replace(lexical, slots=regressions).scores(val_texts)
+        return out_of_sample_f1(scores, y_val, labels, single_slots, seed, facet)
+
+    for k in reversed(range(len(slots.columns))):
+        facet = facet_of(labels[int(slots.columns[k][0])])
+        without = slots.without(k)
+        f_with, f_without = f1_with(slots, facet), f1_with(without, facet)
+        if f_with < f_without:
+            log.info("slot regression of %s: validation F1 %.4f < %.4f without, dropped", facet, f_with, f_without)
+            slots = without
+    return dataclasses.replace(lexical, slots=slots if slots.columns else None)
+
+
 def calibrate(
     y_val: np.ndarray,
     labels: list[str],
@@ -218,19 +269,10 @@ def calibrate(
     split are scored on the other (both ways), with the serving decisions (single-valued slots,
     hierarchy). Returns (weight, strategy, thresholds, strategy comparison, micro-F1 per weight)."""
     weights = [1.0] if lexical_scores is None else [round(w, 2) for w in np.arange(0.0, 1.01, 0.1)]
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(y_val))
-    halves = (idx[: len(idx) // 2], idx[len(idx) // 2 :])
-    by_weight: dict[str, float] = {}
-    for w in weights:
-        fused = fuse(encoder_scores, lexical_scores, w)
-        fs = []
-        for a, b in (halves, halves[::-1]):
-            # per-facet thresholds here (cheap); the strategy is chosen once the weight is
-            th = tune_thresholds(fused[a], y_val[a], labels, "per_facet")
-            pred = binarize([[t for t, _ in x] for x in Decider(labels, th, single_slots).decide_all(fused[b])], labels)
-            fs.append(micro_f1(y_val[b], pred))
-        by_weight[f"{w:.1f}"] = round(float(np.mean(fs)), 4)
+    by_weight = {
+        f"{w:.1f}": out_of_sample_f1(fuse(encoder_scores, lexical_scores, w), y_val, labels, single_slots, seed)
+        for w in weights
+    }
     # Ties go to the middle: both channels in, neither trusted alone.
     best = max(weights, key=lambda w: (by_weight[f"{w:.1f}"], -abs(w - 0.5)))
     strategy, thresholds, comparison = choose_thresholds(
@@ -296,6 +338,7 @@ def train(args: argparse.Namespace) -> RunMeta:
         regressed = [slot for slot in single_slots if slot.partition("#")[0] not in facets]
         slot_model = fit_slot_regression(lexical.index.featurizer, train_texts, y_train_np, labels, regressed)
         lexical = dataclasses.replace(lexical, slots=slot_model)
+        lexical = check_slot_regressions(lexical, val_texts, y_val, labels, single_slots, args.seed)
         lexical_val = lexical.scores(val_texts)
         log.info("lexical channel: %d features, built in %.0f s", len(lexical.index.featurizer), time.monotonic() - t)
 

@@ -83,3 +83,26 @@ def test_slot_regression_round_trips_and_scores_its_slot(tmp_path: Path) -> None
     assert picked == ["category:Electronics", "category:Footwear", "category:Clothing"]
     with_slots.save(tmp_path)
     np.testing.assert_allclose(LexicalChannel.load(tmp_path).scores(probe), scores, atol=1e-6)
+
+
+def test_a_slot_regression_that_lowers_its_facets_validation_f1_is_dropped() -> None:
+    from exporter.train import check_slot_regressions
+
+    rows, val_rows = make_rows(200, seed=0), make_rows(120, seed=5)
+    texts, val_texts = [str(r["title"]) for r in rows], [str(r["title"]) for r in val_rows]
+    labels = sorted({t for r in rows for t in r["tags"]})  # type: ignore[attr-defined]
+    channel = LexicalChannel.build(
+        texts, [[labels.index(t) for t in r["tags"]] for r in rows], labels, np.ones(len(labels), bool)  # type: ignore[attr-defined]
+    )
+    y = binarize([list(r["tags"]) for r in rows], labels)  # type: ignore[call-overload]
+    y_val = binarize([list(r["tags"]) for r in val_rows], labels)  # type: ignore[call-overload]
+    good = fit_slot_regression(channel.index.featurizer, texts, y, labels, ["category#0"])
+    # the same regression fitted on shuffled categories: it votes against the neighbours
+    cats = [j for j, label in enumerate(labels) if label.startswith("category:")]
+    shuffled = y.copy()
+    shuffled[:, cats] = y[np.random.default_rng(0).permutation(len(y))][:, cats]
+    bad = fit_slot_regression(channel.index.featurizer, texts, shuffled, labels, ["category#0"])
+    slots = ["brand#0", "category#0"]
+    kept = check_slot_regressions(dataclasses.replace(channel, slots=good), val_texts, y_val, labels, slots, 13)
+    dropped = check_slot_regressions(dataclasses.replace(channel, slots=bad), val_texts, y_val, labels, slots, 13)
+    assert kept.slots is not None and dropped.slots is None

@@ -327,6 +327,13 @@ class SlotRegression:
             out[:, cols] = p[:, : len(cols)]
         return out
 
+    def without(self, k: int) -> SlotRegression:
+        """The same regressions but the k-th slot's."""
+        keep = [i for i in range(len(self.columns)) if i != k]
+        return SlotRegression(
+            [self.columns[i] for i in keep], [self.weights[i] for i in keep], [self.bias[i] for i in keep]
+        )
+
     @property
     def covered(self) -> np.ndarray:
         return np.concatenate(self.columns) if self.columns else np.zeros(0, dtype=np.int64)
