@@ -92,7 +92,10 @@ def test_a_slot_regression_that_lowers_its_facets_validation_f1_is_dropped() -> 
     texts, val_texts = [str(r["title"]) for r in rows], [str(r["title"]) for r in val_rows]
     labels = sorted({t for r in rows for t in r["tags"]})  # type: ignore[attr-defined]
     channel = LexicalChannel.build(
-        texts, [[labels.index(t) for t in r["tags"]] for r in rows], labels, np.ones(len(labels), bool)  # type: ignore[attr-defined]
+        texts,
+        [[labels.index(t) for t in r["tags"]] for r in rows],
+        labels,
+        np.ones(len(labels), bool),  # type: ignore[attr-defined]
     )
     y = binarize([list(r["tags"]) for r in rows], labels)  # type: ignore[call-overload]
     y_val = binarize([list(r["tags"]) for r in val_rows], labels)  # type: ignore[call-overload]
