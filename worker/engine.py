@@ -19,7 +19,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, load_manifest
-from worker.candidates import CandidateExtractor
+from worker.candidates import CANDIDATE_WEIGHTS_FILE, CANDIDATES_FILE, CandidateExtractor
 from worker.contract import Manifest, TagRules, fuse, run_bucketed, sigmoid
 from worker.lexical import LexicalChannel
 
@@ -95,7 +95,7 @@ class TagEngine:
         decisions = self.manifest.decisions
         self.labels = decisions.labels
         self.encoder_weight = decisions.encoder_weight
-        self.lexical = LexicalChannel.load(self.model_dir) if decisions.lexical else None
+        self.lexical = LexicalChannel.load(self.model_dir, self.manifest.files) if decisions.lexical else None
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.manifest.max_seq_len)
@@ -110,6 +110,9 @@ class TagEngine:
         self.io_binding = self.provider == PROVIDERS["cuda"] if io_binding is None else io_binding
         facets = decisions.extract_facets
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
+        missing = {CANDIDATES_FILE, CANDIDATE_WEIGHTS_FILE} - set(self.manifest.files)
+        if decisions.candidate_facets and missing:
+            raise ArtifactError(f"{self.model_dir}: its decisions serve candidate spans, its manifest lacks {missing}")
         self.candidates = CandidateExtractor.load(self.model_dir) if extract and decisions.candidate_facets else None
         self.rules = TagRules(decisions, extract=bool(self.extract_facets) or self.candidates is not None)
         self.decider = self.rules.decider

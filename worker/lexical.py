@@ -23,7 +23,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -403,7 +403,9 @@ class LexicalChannel:
         return [*self.index.save(directory), GAZETTEER_FILE, *slots]
 
     @classmethod
-    def load(cls, directory: Path) -> LexicalChannel:
+    def load(cls, directory: Path, listed: Collection[str] | None = None) -> LexicalChannel:
+        """`listed`: the files an artifact's manifest lists (and has verified); slot regressions are
+        loaded only when listed there (a run directory has no manifest: when present)."""
         index = NeighbourIndex.load(directory)
         g = json.loads((directory / GAZETTEER_FILE).read_text())
         values = {tuple(seq): list(ids) for seq, ids in g["values"]}
@@ -411,5 +413,6 @@ class LexicalChannel:
         single[g["single"]] = True
         longest = max((len(s) for s in values), default=0)
         gazetteer = Gazetteer(values, np.asarray(g["precision"], dtype=np.float32), longest)
-        slots = SlotRegression.load(directory) if (directory / SLOTS_FILE).is_file() else None
+        has_slots = SLOTS_FILE in listed if listed is not None else (directory / SLOTS_FILE).is_file()
+        slots = SlotRegression.load(directory) if has_slots else None
         return cls(index, gazetteer, single, slots)
