@@ -129,4 +129,3 @@ class ApplyFeedback:
             if self.stop.is_set() or self.abort.wait(backoff) or self.stop.is_set():
                 raise PublishAborted("feedback overrides not written at shutdown")
             backoff = min(backoff * 2, self.backoff_max_s)
-

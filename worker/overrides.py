@@ -25,9 +25,12 @@ import orjson
 import redis
 
 from schemas.events import TagFeedback
+from schemas.training import facet_of
 from worker.contract import slot_of
 from worker.engine import Tag
 from worker.metrics import Metrics
+from worker.records import Rejected
+from worker.tagging import Tagged
 
 log = logging.getLogger(__name__)
 HUMAN = "human"
@@ -173,21 +176,32 @@ def _text(b: bytes | str) -> str:
 
 
 class ApplyOverrides:
-    """On the batch thread, before the tag events are built: one Redis round trip for the batch's
-    products; without Redis the events go out model-only (counted, logged by the store)."""
+    """On the batch thread, before the tag events are built: the batch's products' overrides in one
+    Redis round trip, applied to every tagged outcome. Without Redis the events go out model-only
+    (counted; the store logs the outage once)."""
 
     def __init__(self, store: OverrideStore, metrics: Metrics) -> None:
         self.store, self.metrics = store, metrics
 
     def __call__(
-        self, items: Sequence[tuple[str, list[Tag], list[Tag]]], single_slots: frozenset[str] = frozenset()
-    ) -> list[tuple[list[Tag], list[Tag]]] | None:
-        """(product id, tags, candidates) -> the same with overrides applied; None: unavailable."""
+        self, outcomes: list[Tagged | Rejected], single_slots: frozenset[str] = frozenset()
+    ) -> tuple[list[Tagged | Rejected], dict[str, set[str]]]:
+        """Outcomes with overrides applied, and per product the facets a reviewer decided on."""
+        pids = list(dict.fromkeys(o.record.product.product_id for o in outcomes if isinstance(o, Tagged)))
+        if not pids:
+            return outcomes, {}
         with self.metrics.timed("overrides"):
-            found = self.store.fetch(list(dict.fromkeys(pid for pid, _, _ in items)))
+            found = self.store.fetch(pids)
         if found is None:
-            self.metrics.overrides_unavailable.inc(len(items))
-            return None
-        applied = [apply_overrides(tags, cands, found.get(pid, {}), single_slots) for pid, tags, cands in items]
-        self.metrics.overrides_applied.inc(sum(1 for pid, _, _ in items if pid in found))
-        return applied
+            self.metrics.overrides_unavailable.inc(sum(1 for o in outcomes if isinstance(o, Tagged)))
+            return outcomes, {}
+        out: list[Tagged | Rejected] = []
+        for o in outcomes:
+            decided = found.get(o.record.product.product_id) if isinstance(o, Tagged) else None
+            if not decided or not isinstance(o, Tagged):
+                out.append(o)
+                continue
+            tags, near = apply_overrides(o.tags, o.candidates, decided, single_slots)
+            out.append(replace(o, tags=tags, candidates=near))
+            self.metrics.overrides_applied.inc()
+        return out, {pid: {facet_of(t) for t in ov} for pid, ov in found.items()}

@@ -19,7 +19,7 @@ from worker.batcher import padded_tokens
 from worker.cache import Cache
 from worker.decode import Invalid, cache_key
 from worker.engine import Encoded, Outputs, Tag
-from worker.evidence import EvidenceSpan, ExplainBasis, fields_of, near_misses, tag_evidence
+from worker.evidence import EvidenceSpan, ExplainBasis, fields_of, near_misses, rebase, tag_evidence
 from worker.metrics import Metrics
 from worker.records import Parsed, Rejected, Valid, where
 from worker.settings import EvidenceSettings
@@ -97,6 +97,18 @@ def tags_from_cache(raw: bytes) -> list[Tag] | None:
     return None if result is None else result[0]
 
 
+def _rebased(tags: list[Tag], r: Parsed) -> list[Tag]:
+    """A cache entry is shared by every product with the same model text (whitespace collapsed):
+    its evidence spans are checked against this product's own fields, and moved where they differ."""
+    p = r.product
+    ok = all(
+        (p.title if e.field == "title" else p.description or "")[e.start : e.end] == e.text
+        for t in tags
+        for e in t.evidence
+    )
+    return tags if ok else [replace(t, evidence=rebase(t.evidence, p.title, p.description)) for t in tags]
+
+
 Annotated = tuple[list[Tag], list[Tag]]  # an item's tags (with evidence) and its near misses
 
 
@@ -159,7 +171,8 @@ class CacheLookup:
             if result is None:
                 misses.append(r)
             else:
-                hits.append(Tagged(r, result[0], cached=True, candidates=result[1]))
+                tags, near = result
+                hits.append(Tagged(r, _rebased(tags, r), cached=True, candidates=_rebased(near, r)))
         self.metrics.cache_hits.inc(len(hits))
         self.metrics.cache_misses.inc(len(misses))
         return hits, misses

@@ -235,6 +235,7 @@ class FakeEngine:
 
     model_version = "fake-1"
     taxonomy_version = "tax-1"
+    explain_basis = None  # no labels or lexical channel: no candidates, value-span evidence only
 
     def __init__(self, poison: str = "POISON") -> None:
         self.poison, self.broken, self.runs = poison, False, 0
