@@ -134,7 +134,7 @@ class ExplainBasis:
             counts = np.bincount(pairs % len(facet_ids), minlength=len(facet_ids))
             share = {f: float(counts[i]) / max(1, index.n_items) for f, i in facet_ids.items()}
         return cls(
-            list(labels), np.asarray(thresholds, dtype=np.float32), frozenset(single_slots), lexical, names, share
+            list(labels), np.asarray(thresholds, dtype=np.float64), frozenset(single_slots), lexical, names, share
         )
 
     def threshold(self, tag: str) -> float | None:

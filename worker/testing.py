@@ -327,7 +327,13 @@ class FakeOverrides:
         self.data: dict[str, dict[str, Override]] = {}
         self.tagged: set[str] = set()
         self.down = False
+        self.fail_next = 0  # the next n `known`/`put` calls raise (then it is back)
         self.writes = 0
+
+    def _check(self) -> None:
+        if self.down or self.fail_next:
+            self.fail_next = max(0, self.fail_next - 1)
+            raise OverridesUnavailable("ConnectionError (scripted)")
 
     def fetch(self, product_ids: Sequence[str]) -> dict[str, dict[str, Override]] | None:
         if self.down:
@@ -336,13 +342,11 @@ class FakeOverrides:
         return {pid: dict(self.data[pid]) for pid in product_ids if pid in self.data}
 
     def known(self, product_ids: Sequence[str]) -> set[str]:
-        if self.down:
-            raise OverridesUnavailable("ConnectionError (scripted)")
+        self._check()
         return set(product_ids) & self.tagged
 
     def put(self, feedback: Sequence[TagFeedback]) -> None:
-        if self.down:
-            raise OverridesUnavailable("ConnectionError (scripted)")
+        self._check()
         for fb in feedback:
             self.data.setdefault(fb.product_id, {})[fb.tag] = Override.of(fb)
             self.writes += 1
