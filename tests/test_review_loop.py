@@ -62,7 +62,8 @@ class LabelledEngine(FakeEngine):
         return Outputs(scores, None)
 
     def decode(self, items: list[Encoded], outputs: Outputs) -> list[list[Tag]]:
-        return [[Tag(f"words:{len(x) - 2}", round(float(outputs.scores[i, len(x) - 3]), 4))] for i, x in enumerate(items)]
+        scores = outputs.scores
+        return [[Tag(f"words:{len(x) - 2}", round(float(scores[i, len(x) - 3]), 4))] for i, x in enumerate(items)]
 
 
 @dataclass
