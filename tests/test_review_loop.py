@@ -22,7 +22,7 @@ from worker.outputs import BuildMessages
 from worker.overrides import ApplyOverrides, Override
 from worker.publish import Publish
 from worker.records import DecodeRecords, Tokenize
-from worker.review import RouteReview
+from worker.review_queue import RouteReview
 from worker.settings import (
     BatchingSettings,
     EvidenceSettings,

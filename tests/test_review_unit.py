@@ -16,7 +16,7 @@ from worker.evidence import EvidenceSpan, ExplainBasis, feature_shares, fields_o
 from worker.feedback import decode_feedback
 from worker.lexical import LexicalChannel, Trace
 from worker.overrides import Override, apply_overrides
-from worker.review import review_reasons
+from worker.review_queue import review_reasons
 from worker.settings import LimitSettings
 from worker.tagging import result_from_cache, tags_from_cache, tags_to_cache
 

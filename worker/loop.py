@@ -32,7 +32,7 @@ from worker.publish import FLUSH_SLICE_S, Publish, PublishAborted
 from worker.rebalance import RebalanceEvents
 from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
 from worker.reload import ModelHolder
-from worker.review import RouteReview
+from worker.review_queue import RouteReview
 from worker.settings import BatchingSettings, KafkaSettings, ShutdownSettings
 from worker.shadow import ShadowRun
 from worker.tagging import CacheLookup, Engine, TagBatch, Tagged

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from worker.publish import Publish
     from worker.records import DecodeRecords, Tokenize
     from worker.reload import ModelHolder, Watcher
-    from worker.review import RouteReview
+    from worker.review_queue import RouteReview
     from worker.shadow import ShadowRun
     from worker.tagging import CacheLookup, Explain, TagBatch
 
