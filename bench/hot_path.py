@@ -88,12 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
     runs = [replay(args.events) for _ in range(args.repeat)]
-    print(json.dumps({
-        "events": args.events,
-        "wall_eps": sorted(round(w) for w, _ in runs),
-        "cpu_eps": sorted(round(c) for _, c in runs),
-        "best_cpu_eps": round(max(c for _, c in runs)),
-    }))
+    print(
+        json.dumps(
+            {
+                "events": args.events,
+                "wall_eps": sorted(round(w) for w, _ in runs),
+                "cpu_eps": sorted(round(c) for _, c in runs),
+                "best_cpu_eps": round(max(c for _, c in runs)),
+            }
+        )
+    )
     return 0
 
 

@@ -12,7 +12,16 @@ import pytest
 from schemas.events import ReviewItem, TagEvent, TagFeedback
 from worker.decode import Invalid
 from worker.engine import Tag
-from worker.evidence import EvidenceSpan, ExplainBasis, feature_shares, fields_of, near_misses, rebase, tag_evidence
+from worker.evidence import (
+    EvidenceSpan,
+    ExplainBasis,
+    feature_shares,
+    fields_of,
+    near_misses,
+    neighbourhood,
+    rebase,
+    tag_evidence,
+)
 from worker.feedback import decode_feedback
 from worker.lexical import LexicalChannel, Trace
 from worker.overrides import Override, apply_overrides
@@ -47,7 +56,7 @@ def basis(channel: LexicalChannel) -> ExplainBasis:
 def _explain(channel: LexicalChannel, basis: ExplainBasis, title: str, description: str | None, tag: str) -> tuple:
     trace = Trace()
     channel.scores([title if not description else f"{title} . {description}"], trace=trace)
-    return tag_evidence(tag, fields_of(title, description), basis, trace.item(0), 3)
+    return tag_evidence(tag, fields_of(title, description), basis, neighbourhood(basis, trace.item(0)), 3)
 
 
 def _assert_indexes_original(spans: tuple[EvidenceSpan, ...], title: str, description: str | None) -> None:
