@@ -110,8 +110,13 @@ def test_a_model_without_lexical_channel_gives_value_spans_only() -> None:
 
 
 def test_near_misses_and_expected_facets(basis: ExplainBasis) -> None:
-    row = np.array([0.35, 0.25, 0.1, 0.0, 0.29, 0.05, 0.19], dtype=np.float32)
-    assert near_misses(basis, row, {"brand:Nike"}, 0.1) == [("brand:小米", pytest.approx(0.29)), ("brand:Puma", 0.25)]
+    row = np.array([0.35, 0.25, 0.1, 0.0, 0.29, 0.05, 0.25], dtype=np.float32)
+    assert near_misses(basis, row, {"category:Footwear"}, 0.1) == [
+        ("brand:小米", pytest.approx(0.29)),
+        ("brand:Puma", 0.25),
+    ]
+    # A single-valued slot that has its value has no near misses worth a look.
+    assert near_misses(basis, row, {"brand:Nike"}, 0.1) == [("category:Electronics", 0.25)]
     assert near_misses(basis, row, set(), 0.0) == []
     assert basis.expected_facets(0.9) == {"brand", "category"}
     assert basis.expected_facets(1.0) == set(), "1.0 switches empty-facet routing off"
@@ -165,6 +170,8 @@ def test_review_reasons() -> None:
         ("empty_facet", "size", None),
     ]
     assert review_reasons(tags, [], thresholds, set(), 0.01) == []
+    # The worker's default: a near miss alone does not route an item (it stays a candidate).
+    assert review_reasons([Tag("brand:Nike", 0.9)], [Tag("brand:Puma", 0.35)], thresholds, (), 0.1, (), False) == []
     # A facet a reviewer decided on, and human tags, are not routed again.
     human = [Tag("brand:Nike", 1.0, source="human"), Tag("category:Footwear", 0.95)]
     assert review_reasons(human, [Tag("brand:Puma", 0.35)], thresholds, {"size"}, 0.1, settled={"brand", "size"}) == []

@@ -27,7 +27,7 @@ from functools import cached_property
 import numpy as np
 
 from schemas.training import facet_of
-from worker.contract import HIERARCHY_SEPARATOR
+from worker.contract import HIERARCHY_SEPARATOR, parent_of, slot_of
 from worker.lexical import _IS_CJK, _TOKEN, LexicalChannel, normalise
 from worker.spans import find_span
 
@@ -272,13 +272,23 @@ def tag_evidence(
 def near_misses(
     basis: ExplainBasis, row: np.ndarray, served: set[str], margin: float, limit: int = MAX_CANDIDATES
 ) -> list[tuple[str, float]]:
-    """Labels scoring within `margin` below their thresholds (not served), highest first."""
+    """Labels scoring within `margin` below their thresholds that could have changed the tags, highest
+    first: not in a single-valued slot that already has a value, and (in a hierarchy) only children
+    of a served parent. (Without these rules every Flipkart item had some near miss: a kNN channel
+    gives many labels small scores; with them, see README "Human review loop".)"""
     if margin <= 0:
         return []
     t = basis.thresholds
     idx = np.nonzero((row < t) & (row >= t - margin))[0]
-    cands = [(basis.labels[j], float(row[j])) for j in idx if basis.labels[j] not in served]
-    return sorted(cands, key=lambda c: -c[1])[:limit]
+    filled = {slot_of(x) for x in served} & basis.single_slots
+    out = []
+    for j in idx.tolist():
+        label = basis.labels[j]
+        parent = parent_of(label)
+        if label in served or slot_of(label) in filled or (parent is not None and parent not in served):
+            continue
+        out.append((label, float(row[j])))
+    return sorted(out, key=lambda c: -c[1])[:limit]
 
 
 def rebase(spans: Sequence[EvidenceSpan], title: str, description: str | None) -> tuple[EvidenceSpan, ...]:

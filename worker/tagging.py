@@ -144,8 +144,8 @@ class Explain:
                 # Near misses get value spans only: their lexical evidence cost ~25% of the whole (bench).
                 return tag_evidence(tag, fields, basis, around if lexical else None, self.max_spans)  # noqa: B023
 
-            tags = [replace(t, evidence=ev(t.tag)) for t in served]
-            out.append((tags, [Tag(c, round(s, 4), ev(c, lexical=False)) for c, s in near]))
+            explained = [replace(t, evidence=ev(t.tag)) for t in served]
+            out.append((explained, [Tag(c, round(s, 4), ev(c, lexical=False)) for c, s in near]))
         return out
 
 
