@@ -130,6 +130,7 @@ def test_cache_entries_keep_evidence_and_candidates_and_read_the_old_format() ->
     assert tags_to_cache([Tag("a:b", 0.5)]) == b'[["a:b",0.5]]', "nothing new: the first format, byte for byte"
     assert tags_from_cache(b'[["a:b",0.5]]') == [Tag("a:b", 0.5)]
     assert result_from_cache(b'{"tags": 3}') is None
+    assert result_from_cache(b'[["a:b", 0.5, [["title", "0", 4, "Nike"]]]]') is None, "corrupt spans: a miss"
 
 
 def test_rebase_moves_spans_to_another_products_whitespace() -> None:

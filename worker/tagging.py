@@ -78,7 +78,11 @@ def _entry(t: Tag) -> list[Any]:
 
 
 def _tag(e: Sequence[Any]) -> Tag:
-    spans = tuple(EvidenceSpan(str(f), int(a), int(b), str(x)) for f, a, b, x in e[2]) if len(e) > 2 else ()
+    if len(e) == 2:
+        return Tag(str(e[0]), float(e[1]))
+    spans = tuple([EvidenceSpan(f, a, b, x) for f, a, b, x in e[2]])
+    if not all(type(sp.start) is int and type(sp.end) is int and type(sp.text) is str for sp in spans):
+        raise TypeError("evidence span of the wrong types")  # a corrupt entry: a miss
     return Tag(str(e[0]), float(e[1]), spans)
 
 
