@@ -54,15 +54,9 @@ def test_corrections_stick_through_a_real_worker_and_a_restart(
 ) -> None:
     topics = {t: f"{t}-{unique}" for t in ("in", "out", "dlq", "fb", "rev")}
     create_topics(broker, {name: 2 for name in topics.values()})
-    env = worker_env(
-        broker,
-        redis_url,
-        tiny_model,
-        unique,
-        TAGGER_KAFKA__FEEDBACK_TOPIC=topics["fb"],
-        TAGGER_KAFKA__REVIEW_TOPIC=topics["rev"],
-        TAGGER_REVIEW__MARGIN="0.6",  # a tiny model: route most items, so the review topic surely gets some
-    )
+    # worker_env names the topics the same way: in-, out-, dlq-, fb-, rev- + the test's suffix
+    env = worker_env(broker, redis_url, tiny_model, unique, TAGGER_REVIEW__MARGIN="0.6")  # route most items
+    assert env["TAGGER_KAFKA__FEEDBACK_TOPIC"] == topics["fb"] and env["TAGGER_KAFKA__REVIEW_TOPIC"] == topics["rev"]
     rows = make_rows(20, seed=5)
     log = tmp_path / "worker.log"
     worker = start_worker(env, log)
