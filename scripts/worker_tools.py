@@ -52,7 +52,8 @@ def read_all(bootstrap: str, topic: str, until: Callable[[list[Any]], bool], tim
 def worker_topics(suffix: str, partitions: int) -> dict[str, int]:
     """Every topic a worker of `worker_env(..., suffix)` touches, to create before it starts (Tansu
     auto-creates a missing topic on any metadata request, and a first send to one can stall)."""
-    return {f"in-{suffix}": partitions, f"out-{suffix}": partitions, f"dlq-{suffix}": 1, f"fb-{suffix}": 1, f"rev-{suffix}": 1}
+    one = {f"{kind}-{suffix}": 1 for kind in ("dlq", "fb", "rev")}
+    return {f"in-{suffix}": partitions, f"out-{suffix}": partitions} | one
 
 
 def worker_env(bootstrap: str, redis_url: str, model: Path, suffix: str, **extra: str) -> dict[str, str]:
