@@ -266,3 +266,23 @@ def test_uncertain_items_go_to_review_with_evidence_and_candidates() -> None:
     assert len(r.publisher.values("rev")) == 1
     assert r.value("tagger_review_routed_total", reason="near_threshold") == 1
     assert r.value("tagger_review_considered_total") == 2
+
+
+def test_the_feedback_queue_is_bounded_by_reading_records_again() -> None:
+    r = rig()
+    r.loop.feedback_batch = 2  # queue cap: 2 batches = 4 records
+    r.consumer.produce(product("p-1", "red cotton shirt"))
+    r.run_all()
+    for i in range(6):
+        r.consumer.produce(feedback("p-1", "add", f"colour:c{i}"), topic="fb")
+    r.loop.step()  # polls all 6 (the queue was empty)
+    r.loop.step()  # submits one batch of 2; 4 stay queued: the cap
+    assert len(r.loop.feedback_queue) == 4
+    for i in range(6, 9):
+        r.consumer.produce(feedback("p-1", "add", f"colour:c{i}"), topic="fb")
+    r.loop.step()
+    assert r.consumer.positions[FB] == 6, "records over the cap are sought back, not queued"
+    assert len(r.loop.feedback_queue) == 4
+    r.run_all()
+    assert sorted(r.store.data["p-1"]) == sorted(f"colour:c{i}" for i in range(9))
+    assert r.consumer.committed_offsets[FB] == 9

@@ -44,6 +44,7 @@ COMMIT_BACKOFF_MAX_S = 5.0  # a failed commit is retried at most this far apart 
 OFFLINE_POLL_MAX_S = 1.0  # while the cluster is unreachable, poll at least this often (quick recovery)
 EXIT_MARGIN_S = 0.75  # of the drain budget, left for the process to exit after the loop stops
 LAG_INTERVAL_S = 5.0
+FEEDBACK_QUEUE_BATCHES = 2  # feedback records queued at most: this many feedback batches
 
 
 Item = Valid | Tagged | Rejected  # what a batch carries: to infer, already tagged (cache hit), or dead
@@ -112,6 +113,13 @@ class RunBatch:
                 m.end_to_end.observe(max(0.0, acked - o.record.source.timestamp_ms / 1000))
         m.produced.inc(len(outcomes) - dead)  # live events only: shadow events are counted by the shadow
         return BatchResult(len(outcomes) - dead, sum(1 for o in outcomes if isinstance(o, Tagged) and o.cached), dead)
+
+
+def _first_offsets(records: list[ConsumedRecord]) -> dict[TopicPartition, int]:
+    first: dict[TopicPartition, int] = {}
+    for r in records:
+        first.setdefault(r.tp, r.offset)
+    return first
 
 
 def _in(partitions: frozenset[TopicPartition], item: Item) -> bool:
@@ -337,9 +345,11 @@ class Loop:
         assert self.consumer is not None
         b = self.batching
         full = self._tag_batches() >= b.max_in_flight and max(len(self.batcher), len(self.ready)) >= b.max_items
-        feedback_full = len(self.feedback_queue) >= self.feedback_batch
         assigned = self.consumer.assignment()
-        want = {tp for tp in assigned if (feedback_full if tp.topic == self.kafka.feedback_topic else full)}
+        # All or nothing, feedback partitions included: with kafka-python (on Tansu) pausing one
+        # topic's partitions while another's were fetched stalled a resumed partition for good.
+        # The feedback queue is bounded in `_poll` instead (records over its cap are read again).
+        want = assigned if full else set()
         paused = self.consumer.paused() & assigned
         if want - paused:
             self.consumer.pause(want - paused)
@@ -395,11 +405,18 @@ class Loop:
                 self.consumer.seek(tp, offset)
             else:
                 self.rewind[tp] = min(self.rewind.get(tp, offset), offset)
+        if self.feedback is not None:
+            feedback = [r for r in keep if r.topic == self.kafka.feedback_topic]
+            keep = [r for r in keep if r.topic != self.kafka.feedback_topic]
+            if len(self.feedback_queue) >= FEEDBACK_QUEUE_BATCHES * self.feedback_batch:
+                for tp, offset in _first_offsets(feedback).items():  # full: read them again later
+                    self.consumer.seek(tp, offset)
+                feedback = []
+            for r in feedback:
+                self.tracker.seen(r.tp, r.offset)
+            self.feedback_queue += feedback
         for r in keep:
             self.tracker.seen(r.tp, r.offset)
-        if self.feedback is not None:
-            self.feedback_queue += [r for r in keep if r.topic == self.kafka.feedback_topic]
-            keep = [r for r in keep if r.topic != self.kafka.feedback_topic]
         self._prepare(keep)
         self.metrics.consumed.inc(len(keep))
         self.totals["consumed"] += len(keep)
