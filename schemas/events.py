@@ -33,25 +33,11 @@ class ProductEvent(BaseModel):
     description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS, description="Optional description.")
 
 
-class Evidence(BaseModel):
-    """Where a tag came from in the product's own text: `text == product[field][start:end]`, with
-    start/end Python str indices (code points) into the original title or description."""
-
-    model_config = ConfigDict(frozen=True)
-
-    field: Literal["title", "description"]
-    start: int = Field(ge=0, description="First code point of the span in the original text.")
-    end: int = Field(ge=0, description="One past the last code point of the span.")
-    text: str = Field(description="The span's text, exactly as in the original.")
-
-
 class TagScore(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     tag: str = Field(description="`facet:value`, e.g. `category:Clothing` or `brand:Alisha`.")
     score: float = Field(ge=0.0, le=1.0, description="Model probability (only tags over threshold are sent).")
-    evidence: list[Evidence] | None = Field(None, description="Spans of the title/description behind the tag.")
-    source: Literal["model", "human"] | None = Field(None, description="Who gave the tag (absent: the model).")
 
 
 class TagEvent(BaseModel):
@@ -101,61 +87,7 @@ class DeadLetter(BaseModel):
     key_truncated: bool = Field(False, description="True when `key_b64` holds only a prefix of the original key.")
 
 
-class ReviewReason(BaseModel):
-    """Why an item was routed to review."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: Literal["near_threshold", "empty_facet"]
-    facet: str
-    tag: str | None = None
-    score: float | None = None
-    threshold: float | None = None
-
-
-class ReviewItem(BaseModel):
-    """An item whose tags are uncertain, published to `products.review` keyed by product id, with the
-    text its evidence points into."""
-
-    model_config = ConfigDict(frozen=True, protected_namespaces=())
-
-    event_id: str
-    product_id: str
-    tags: list[TagScore] = Field(description="The tags as published (over threshold), with evidence.")
-    model_version: str
-    content_hash: str
-    tagged_at: datetime
-    title: str
-    description: str | None = None
-    reasons: list[ReviewReason]
-    candidates: list[TagScore] = Field(default_factory=list, description="Near-threshold tags below threshold.")
-
-
-TAG_PATTERN = r"^[^:]+:.+$"
-
-
-class TagFeedback(BaseModel):
-    """A person's decision on one tag of one product, published to `products.tag-feedback` keyed by
-    product id."""
-
-    model_config = ConfigDict(frozen=True)
-
-    product_id: str = Field(min_length=1, max_length=MAX_PRODUCT_ID_CHARS)
-    action: Literal["accept", "reject", "add"]
-    tag: str = Field(pattern=TAG_PATTERN, max_length=512, description="`facet:value`.")
-    reviewer: str = Field(min_length=1, max_length=128)
-    at: datetime = Field(description="When the decision was made (UTC).")
-    feedback_id: str | None = None
-    note: str | None = Field(None, max_length=2000)
-
-
-SCHEMAS: dict[str, type[BaseModel]] = {
-    "product_event": ProductEvent,
-    "tag_event": TagEvent,
-    "dead_letter": DeadLetter,
-    "review_item": ReviewItem,
-    "tag_feedback": TagFeedback,
-}
+SCHEMAS: dict[str, type[BaseModel]] = {"product_event": ProductEvent, "tag_event": TagEvent, "dead_letter": DeadLetter}
 SCHEMA_DIR = Path(__file__).parent / "json"
 
 
