@@ -29,6 +29,10 @@ class KafkaSettings(_Section):
     input_topic: str = Field("products.new", description="Topic of product events to tag.")
     output_topic: str = Field("products.tags", description="Topic the tag events are published to.")
     dlq_topic: str = Field("products.dlq", description="Dead-letter topic for malformed product events.")
+    feedback_topic: str = Field(
+        "products.tag-feedback", description="Reviewers' accept/reject/add decisions, consumed into Redis overrides."
+    )
+    review_topic: str = Field("products.review", description="Uncertain items for human review (ReviewItem).")
     group_id: str = Field("product-tagger", description="Consumer group; replicas share the input partitions.")
     client_id: str = Field("product-tagger", description="Kafka client id (shows up in broker logs/quotas).")
     client: Literal["kafka-python", "confluent"] = Field(
@@ -202,10 +206,6 @@ class ReviewPageSettings(_Section):
         "127.0.0.1", description="Bind address of the review page (`tagger review`; it has no login: keep it local)."
     )
     port: int = Field(8090, ge=0, le=65_535, description="Port of the review page (0: any free port).")
-    review_topic: str = Field("products.review", description="Topic of items routed to review (read by the page).")
-    feedback_topic: str = Field(
-        "products.tag-feedback", description="Topic the page publishes reviewers' decisions to (and reads back)."
-    )
     group_id: str = Field(
         "product-tagger-review",
         description="Consumer group of the page; it never commits, so every start replays both topics.",

@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from worker.review.feed import FeedStatus
-from worker.review.feedback import FeedbackError, FeedbackPublisher, parse_request
-from worker.review.render import render_page
-from worker.review.store import ReviewStore
+from worker.review_page.feed import FeedStatus
+from worker.review_page.feedback import FeedbackError, FeedbackPublisher, parse_request
+from worker.review_page.render import render_page
+from worker.review_page.store import ReviewStore
 
 MAX_BODY_BYTES = 16_384
 

@@ -207,7 +207,7 @@ def render_queue(items: Sequence[ReviewItem], selected: str | None, reviewed: se
 
 @cache
 def _asset(name: str) -> str:
-    return resources.files("worker.review").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("worker.review_page").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def render_page(

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from schemas.events import TagFeedback
 from worker.clock import Clock
-from worker.review.store import ReviewStore
+from worker.review_page.store import ReviewStore
 from worker.transport import Delivery, Publisher, TransportError
 
 log = logging.getLogger(__name__)

@@ -38,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     from worker import kafka_confluent, kafka_io, logs
     from worker.clock import RealClock
-    from worker.review.app import create_app
-    from worker.review.feed import ReviewFeed
-    from worker.review.feedback import FeedbackPublisher
-    from worker.review.store import ReviewStore
+    from worker.review_page.app import create_app
+    from worker.review_page.feed import ReviewFeed
+    from worker.review_page.feedback import FeedbackPublisher
+    from worker.review_page.store import ReviewStore
 
     logs.configure(settings.log.level, settings.log.json_format)
     k = settings.kafka.model_copy(update={"group_id": page.group_id})
@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     publisher = kafka_confluent.ConfluentPublisher(k) if confluent else kafka_io.KafkaPublisher(k)
     connect = kafka_confluent.connect_consumer if confluent else kafka_io.connect_consumer
     clock, stop, store = RealClock(), threading.Event(), ReviewStore(page.max_items)
-    feed = ReviewFeed(lambda: connect(k), page.review_topic, page.feedback_topic, store, stop, clock)
+    feed = ReviewFeed(lambda: connect(k), k.review_topic, k.feedback_topic, store, stop, clock)
     reader = threading.Thread(target=feed.run, name="review-feed", daemon=True)
     reader.start()
     app = create_app(
         store,
-        FeedbackPublisher(publisher, page.feedback_topic, page.publish_timeout_s, clock),
+        FeedbackPublisher(publisher, k.feedback_topic, page.publish_timeout_s, clock),
         feed.status,
         page.reviewer or "",
         now=lambda: datetime.now(UTC),
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         "review page on http://%s:%d/ (reading %s, publishing to %s)",
         host,
         port,
-        page.review_topic,
-        page.feedback_topic,
+        k.review_topic,
+        k.feedback_topic,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
     # uvicorn catches SIGINT/SIGTERM while it serves, then re-raises them to the handlers it found:

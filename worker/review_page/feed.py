@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from schemas.events import ReviewItem, TagFeedback
 from worker.clock import Clock
-from worker.review.store import ReviewStore
+from worker.review_page.store import ReviewStore
 from worker.transport import ConsumedRecord, Consumer, TopicPartition, TransportError
 
 log = logging.getLogger(__name__)
