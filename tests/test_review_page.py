@@ -297,3 +297,11 @@ def test_review_process_publishes_decisions_and_refuses_bad_requests(broker: str
     assert all(e.at.tzinfo is not None and e.feedback_id for _, e in events)
     assert "default-src 'none'" in csp and "script-src 'nonce-" in csp
     assert 'data-tag="color:Black" data-kind="tag" data-state="reject"' in html
+
+
+def test_the_queue_lists_a_bounded_number_of_items() -> None:
+    from worker.review_page.render import MAX_LISTED, render_queue
+
+    items = [_item(f"p-{i}") for i in range(MAX_LISTED + 5)]
+    html = render_queue(items, None, set())
+    assert html.count("<li>") == MAX_LISTED and "and 5 older items not listed" in html

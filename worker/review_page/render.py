@@ -20,6 +20,7 @@ from schemas.events import Evidence, ReviewItem, TagFeedback, TagScore
 
 STATE_TEXT = {"accept": "accepted", "reject": "rejected", "add": "added"}
 MAX_LIST_TITLE = 120  # characters of a title shown in the queue list
+MAX_LISTED = 200  # items listed in the queue (the store may hold thousands; a page stays small)
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ def render_queue(items: Sequence[ReviewItem], selected: str | None, reviewed: se
     if not items:
         return '<p class="none">The review queue is empty (waiting for items).</p>'
     out = []
-    for it in items:
+    for it in items[:MAX_LISTED]:
         title = it.title if len(it.title) <= MAX_LIST_TITLE else it.title[: MAX_LIST_TITLE - 1] + "…"
         why = ", ".join(sorted({r.kind.replace("_", " ") for r in it.reasons}))
         current = ' aria-current="page"' if it.product_id == selected else ""
@@ -202,7 +203,9 @@ def render_queue(items: Sequence[ReviewItem], selected: str | None, reviewed: se
             f'<li><a href="{esc(item_href(it.product_id))}"{current}><span class="t">{esc(title)}</span>'
             f'<span class="why">{len(it.tags)} tags · {esc(why)}</span>{done}</a></li>'
         )
-    return f'<ol id="queue" class="queue">{"".join(out)}</ol>'
+    more = len(items) - MAX_LISTED
+    tail = f'<p class="none">and {more} older items not listed</p>' if more > 0 else ""
+    return f'<ol id="queue" class="queue">{"".join(out)}</ol>{tail}'
 
 
 @cache
