@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -31,7 +32,8 @@ def decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | I
         return Invalid("schema", f"undecodable: {type(exc).__name__}: {str(exc)[:500]}")
 
 
-def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
+def json_object(raw: bytes | None, limits: LimitSettings) -> dict[str, Any] | Invalid:
+    """Raw value -> a JSON object, or why not (product events and feedback records alike)."""
     if raw is None:
         return Invalid("not_json", "record has no value (tombstone)")
     if len(raw) > limits.max_message_bytes:
@@ -49,13 +51,24 @@ def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | 
         return Invalid("not_json", f"malformed JSON: {exc}")
     if not isinstance(obj, dict):
         return Invalid("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def validation_problem(exc: ValidationError) -> Invalid:
+    kinds = {e["type"] for e in exc.errors()}
+    detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()[:5])
+    reason: DeadLetterReason = "oversized_field" if kinds <= {"string_too_long"} else "schema"
+    return Invalid(reason, detail)
+
+
+def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
+    obj = json_object(raw, limits)
+    if isinstance(obj, Invalid):
+        return obj
     try:
         event = ProductEvent.model_validate(obj)
     except ValidationError as exc:
-        kinds = {e["type"] for e in exc.errors()}
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()[:5])
-        reason: DeadLetterReason = "oversized_field" if kinds <= {"string_too_long"} else "schema"
-        return Invalid(reason, detail)
+        return validation_problem(exc)
     if not event.title.strip():
         return Invalid("empty_title", "title is blank")
     for field, value, limit in (

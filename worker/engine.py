@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, load_manifest
 from worker.contract import Manifest, TagRules, fuse, run_bucketed, sigmoid
-from worker.lexical import LexicalChannel
+from worker.evidence import EvidenceSpan, ExplainBasis
+from worker.lexical import LexicalChannel, Trace
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class ProviderUnavailableError(EngineError):
 class Tag:
     tag: str
     score: float
+    evidence: tuple[EvidenceSpan, ...] = ()  # spans of the original title/description (worker/evidence.py)
+    source: str | None = None  # "human": a reviewer's override (worker/overrides.py); None: the model
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Encoded:
 class Outputs:
     scores: np.ndarray  # sigmoid tag scores [n, labels]
     spans: list[np.ndarray] | None  # span logits per item [tokens, classes], when the model extracts
+    trace: Trace | None = None  # what the lexical channel looked at, when the engine keeps it (evidence)
 
 
 class TagEngine:
@@ -78,6 +83,7 @@ class TagEngine:
         max_items: int = 64,
         max_tokens: int = 8192,
         extract: bool = True,
+        trace_lexical: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify=verify)
@@ -111,6 +117,13 @@ class TagEngine:
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
         self.rules = TagRules(decisions, extract=bool(self.extract_facets))
         self.decider = self.rules.decider
+        self.trace_lexical = trace_lexical and self.lexical is not None  # evidence for classified tags
+
+    @cached_property
+    def explain_basis(self) -> ExplainBasis:
+        """Labels, thresholds and the lexical channel, for evidence and the review decision."""
+        d = self.manifest.decisions
+        return ExplainBasis.build(d.labels, d.thresholds, d.single_slots, self.lexical)
 
     @property
     def model_version(self) -> str:
@@ -180,8 +193,9 @@ class TagEngine:
         )
         if self.extract_facets and spans is None:
             spans = [np.zeros((0, 1), dtype=np.float32)] * len(items)
-        lexical = self.lexical.scores([x.text for x in items]) if self.lexical is not None else None
-        return Outputs(fuse(sigmoid(logits), lexical, self.encoder_weight), spans)
+        trace = Trace() if self.trace_lexical else None
+        lexical = self.lexical.scores([x.text for x in items], trace=trace) if self.lexical is not None else None
+        return Outputs(fuse(sigmoid(logits), lexical, self.encoder_weight), spans, trace)
 
     def scores(self, items: list[Encoded]) -> np.ndarray:
         return self.run(items).scores if items else np.zeros((0, len(self.labels)), dtype=np.float32)

@@ -24,7 +24,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -110,6 +110,24 @@ class Featurizer:
         return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
 
+@dataclass
+class Trace:
+    """What the neighbour channel looked at, chunk by chunk in query order: the query vectors and, per
+    query, its neighbours with their similarities and normalised transfer weights (sum 1)."""
+
+    queries: list[csr_matrix] = field(default_factory=list)
+    neighbours: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def item(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(query columns, query values, neighbour items, similarities, weights) of query `i`."""
+        for query, (top, sims, weights) in zip(self.queries, self.neighbours, strict=True):
+            if i < query.shape[0]:
+                row = query.getrow(i)
+                return row.indices, row.data, top[i], sims[i], weights[i]
+            i -= query.shape[0]
+        return None
+
+
 @dataclass(frozen=True)
 class NeighbourIndex:
     """Label transfer from the nearest training items: cosine similarity of tf-idf vectors (an
@@ -162,33 +180,45 @@ class NeighbourIndex:
         label_ids = np.fromiter((j for t in tags for j in t), dtype=np.int64, count=int(label_indptr[-1]))
         return cls(featurizer, np.cumsum(indptr), rows[order], vals[order], label_indptr, label_ids, n_labels, k, power)
 
-    def similarities(self, texts: Sequence[str]) -> np.ndarray:
+    def similarities(self, texts: Sequence[str], trace: Trace | None = None) -> np.ndarray:
         """[n, training items] cosine similarities (a sparse product: scipy's C++ kernel was 13x
-        faster than the same product in numpy on Flipkart)."""
+        faster than the same product in numpy on Flipkart). `trace` keeps the query vectors."""
         rows, cols, vals = self.featurizer.transform(texts)
         norms = np.sqrt(np.bincount(rows, weights=vals.astype(np.float64) ** 2, minlength=len(texts)))
         query = csr_matrix(
             ((vals / np.maximum(norms[rows], 1e-12)).astype(np.float32), (rows, cols)),
             shape=(len(texts), len(self.featurizer)),
         )
+        if trace is not None:
+            trace.queries.append(query)
         return np.asarray((query @ self._postings).toarray())
+
+    @cached_property
+    def item_rows(self) -> csr_matrix:
+        """[training items, features]: each training item's unit vector (evidence reads neighbours' rows)."""
+        return self._postings.T.tocsr()
 
     @cached_property
     def _postings(self) -> csr_matrix:
         return csr_matrix((self.values, self.items, self.indptr), shape=(len(self.featurizer), self.n_items))
 
-    def scores(self, texts: Sequence[str], chunk: int = 128) -> np.ndarray:
-        """[n, labels] float32 in [0, 1]; queries in chunks (memory grows with chunk x postings)."""
+    def scores(self, texts: Sequence[str], chunk: int = 128, trace: Trace | None = None) -> np.ndarray:
+        """[n, labels] float32 in [0, 1]; queries in chunks (memory grows with chunk x postings).
+        `trace` (optional) records the query vectors and neighbours, for evidence (worker/evidence.py)."""
         if len(texts) > chunk:
-            return np.vstack([self.scores(texts[i : i + chunk], chunk) for i in range(0, len(texts), chunk)])
+            return np.vstack([self.scores(texts[i : i + chunk], chunk, trace) for i in range(0, len(texts), chunk)])
         out = np.zeros((len(texts), self.n_labels), dtype=np.float32)
         if not len(texts) or not self.n_items:
             return out
-        sims = self.similarities(texts)
+        sims = self.similarities(texts, trace)
         k = min(self.k, self.n_items)
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         weight = np.take_along_axis(sims, top, axis=1).clip(min=0.0) ** self.power
         total = weight.sum(axis=1)
+        if trace is not None:
+            trace.neighbours.append(
+                (top, np.take_along_axis(sims, top, axis=1), weight / np.maximum(total, 1e-12)[:, None])
+            )
         for i in range(len(texts)):
             if total[i] <= 0:
                 continue
@@ -311,8 +341,8 @@ class LexicalChannel:
     ) -> LexicalChannel:
         return cls(NeighbourIndex.build(texts, tags, len(labels)), Gazetteer.build(labels, texts, tags), single)
 
-    def scores(self, texts: Sequence[str]) -> np.ndarray:
-        out = self.index.scores(texts)
+    def scores(self, texts: Sequence[str], trace: Trace | None = None) -> np.ndarray:
+        out = self.index.scores(texts, trace=trace)
         if self.single.any():
             out[:, self.single] = 0.5 * (out[:, self.single] + self.gazetteer.scores(texts)[:, self.single])
         return out

@@ -22,14 +22,17 @@ from threading import Event
 
 from worker.batcher import Batcher
 from worker.clock import Abort, Clock
+from worker.feedback import FeedbackResult
 from worker.health import Health
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.outputs import BuildMessages
+from worker.overrides import ApplyOverrides
 from worker.publish import FLUSH_SLICE_S, Publish, PublishAborted
 from worker.rebalance import RebalanceEvents
 from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
 from worker.reload import ModelHolder
+from worker.review_queue import RouteReview
 from worker.settings import BatchingSettings, KafkaSettings, ShutdownSettings
 from worker.shadow import ShadowRun
 from worker.tagging import CacheLookup, Engine, TagBatch, Tagged
@@ -68,9 +71,11 @@ class RunBatch:
         metrics: Metrics,
         wall_clock: Callable[[], float] = time.time,
         shadow: ShadowRun | None = None,
+        overrides: ApplyOverrides | None = None,
+        review: RouteReview | None = None,
     ) -> None:
         self.tag, self.build, self.publish, self.metrics, self.wall_clock = tag, build, publish, metrics, wall_clock
-        self.shadow = shadow
+        self.shadow, self.overrides, self.review = shadow, overrides, review
 
     def __call__(self, batch: list[Item], engine: Engine | None = None) -> BatchResult:
         """`engine`: the model the batch was prepared with (cache lookups, tokens); None: the steps' own."""
@@ -83,9 +88,17 @@ class RunBatch:
         m.batch_size.observe(len(batch))
         tagged = iter(self.tag([d for d in batch if isinstance(d, Valid)], engine))
         outcomes: list[Tagged | Rejected] = [next(tagged) if isinstance(d, Valid) else d for d in batch]
+        model = engine or self.tag.engine
+        basis = model.explain_basis
+        settled: dict[str, set[str]] = {}
+        if self.overrides is not None:  # human corrections, before anything is built from the tags
+            outcomes, settled = self.overrides(outcomes, basis.single_slots if basis is not None else frozenset())
         with m.timed("serialize"):
             now = self.wall_clock()
             messages = self.build(outcomes, now, engine)
+        if self.review is not None:  # published and acknowledged with the tag events, before the commit
+            with m.timed("review"):
+                messages += self.review(outcomes, basis, settled, now, model)
         if self.shadow is not None:  # its events go to its own topic, published and committed with the batch
             messages += self.shadow(outcomes, now, waited)
         self.publish(messages)
@@ -124,6 +137,9 @@ class Loop:
         clock: Clock,
         executor: Executor | None = None,
         models: ModelHolder | None = None,
+        feedback: Callable[[list[ConsumedRecord]], FeedbackResult] | None = None,
+        feedback_executor: Executor | None = None,
+        feedback_batch: int = 500,
     ) -> None:
         self.connect, self.kafka, self.batching = connect, kafka, batching
         self.drain_timeout_s = shutdown.drain_timeout_s
@@ -132,6 +148,15 @@ class Loop:
         self.metrics, self.health, self.stop, self.abort, self.clock = metrics, health, stop, abort, clock
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self.models = models  # None: a fixed model (the steps' own engine)
+        # Feedback records (worker/feedback.py) take their own path: one batch at a time on their own
+        # thread (a Redis outage retries there without holding up tagging), tracked and committed
+        # like any batch. None: the feedback topic is not consumed.
+        self.feedback, self.feedback_batch = feedback, feedback_batch
+        self.feedback_executor = feedback_executor or (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback") if feedback is not None else None
+        )
+        self.feedback_queue: list[ConsumedRecord] = []
+        self.feedback_ids: set[int] = set()  # in-flight feedback batches (at most one: decisions stay in order)
         self.batcher: Batcher[Valid] = Batcher(
             batching.max_items, batching.max_tokens, batching.max_wait_ms / 1000, now=clock.now
         )
@@ -167,7 +192,8 @@ class Loop:
         while not self.stop.is_set():
             try:
                 consumer = self.connect()
-                consumer.subscribe([self.kafka.input_topic], self.events)
+                topics = [self.kafka.input_topic] + ([self.kafka.feedback_topic] if self.feedback is not None else [])
+                consumer.subscribe(topics, self.events)
             except TransportError as exc:
                 self.health.kafka_ok = False
                 self.health.last_tick = self.clock.now()  # alive and retrying: liveness must not restart us
@@ -186,6 +212,7 @@ class Loop:
         self._commit()
         self._switch_model()
         self._submit_due()
+        self._submit_feedback()
         self._backpressure()
         self._poll()
         self._tick()
@@ -201,12 +228,29 @@ class Loop:
             self.inferring.add(batch_id)
         self.metrics.in_flight.set(len(self.in_flight))
 
+    def _tag_batches(self) -> int:
+        return len(self.in_flight) - len(self.feedback_ids)
+
+    def _submit_feedback(self) -> None:
+        if self.feedback is None or self.feedback_ids or not self.feedback_queue or self.feedback_executor is None:
+            return
+        batch = self.feedback_queue[: self.feedback_batch]
+        self.feedback_queue = self.feedback_queue[self.feedback_batch :]
+        batch_id = self.tracker.open((r.tp, r.offset) for r in batch)
+        self.in_flight[batch_id] = self.feedback_executor.submit(self._run_feedback, batch)
+        self.feedback_ids.add(batch_id)
+
+    def _run_feedback(self, records: list[ConsumedRecord]) -> BatchResult:
+        assert self.feedback is not None
+        result = self.feedback(records)
+        return BatchResult(0, 0, result.dead)
+
     def _submit_due(self) -> None:
         b = self.batching
-        if self.ready and len(self.in_flight) < b.max_in_flight:
+        if self.ready and self._tag_batches() < b.max_in_flight:
             ready, self.ready = self.ready, []
             self._submit(list(ready))
-        while len(self.in_flight) < b.max_in_flight and self.batcher.due(
+        while self._tag_batches() < b.max_in_flight and self.batcher.due(
             idle=b.adaptive and not self.inferring.intersection(self.in_flight)
         ):
             self._submit(list(self.batcher.take()))
@@ -231,6 +275,7 @@ class Loop:
                 continue
             del self.in_flight[batch_id]
             self.inferring.discard(batch_id)
+            self.feedback_ids.discard(batch_id)
             exc = fut.exception()
             if exc is None:
                 result = fut.result()
@@ -291,9 +336,10 @@ class Loop:
         flag of partitions that survive a rebalance, so a flag set before one must be cleared."""
         assert self.consumer is not None
         b = self.batching
-        full = len(self.in_flight) >= b.max_in_flight and max(len(self.batcher), len(self.ready)) >= b.max_items
+        full = self._tag_batches() >= b.max_in_flight and max(len(self.batcher), len(self.ready)) >= b.max_items
+        feedback_full = len(self.feedback_queue) >= self.feedback_batch
         assigned = self.consumer.assignment()
-        want = assigned if full else set()
+        want = {tp for tp in assigned if (feedback_full if tp.topic == self.kafka.feedback_topic else full)}
         paused = self.consumer.paused() & assigned
         if want - paused:
             self.consumer.pause(want - paused)
@@ -308,7 +354,7 @@ class Loop:
         # room bounded) instead of spinning against ONNX Runtime's threads. Never poll(0) then:
         # kafka-python completes a group rejoin only inside poll's time, and a member that cannot
         # rejoin stalls the whole group's rebalance.
-        if len(self.in_flight) < self.batching.max_in_flight and (left := self.batcher.time_left()) is not None:
+        if self._tag_batches() < self.batching.max_in_flight and (left := self.batcher.time_left()) is not None:
             timeout_s = min(timeout_s, left)
         room = max(1, self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher) - len(self.ready))
         try:
@@ -351,6 +397,9 @@ class Loop:
                 self.rewind[tp] = min(self.rewind.get(tp, offset), offset)
         for r in keep:
             self.tracker.seen(r.tp, r.offset)
+        if self.feedback is not None:
+            self.feedback_queue += [r for r in keep if r.topic == self.kafka.feedback_topic]
+            keep = [r for r in keep if r.topic != self.kafka.feedback_topic]
         self._prepare(keep)
         self.metrics.consumed.inc(len(keep))
         self.totals["consumed"] += len(keep)
@@ -394,6 +443,7 @@ class Loop:
             self.rewind.update(self.tracker.forget(partitions))
             self.batcher.drop(partial(_in, partitions))
             self.ready = [i for i in self.ready if not _in(partitions, i)]
+            self.feedback_queue = [r for r in self.feedback_queue if r.tp not in partitions]
             fenced |= partitions
         return fenced, rewound
 
@@ -457,6 +507,8 @@ class Loop:
         self._reap()
         self._commit(force=True, timeout_s=share(0.4))
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.feedback_executor is not None:
+            self.feedback_executor.shutdown(wait=False, cancel_futures=True)
         if self.consumer is not None:
             try:
                 self.consumer.close(timeout_s=share(0.5))

@@ -40,6 +40,7 @@ def build_engine(s: WorkerSettings, path: Path | None = None) -> TagEngine:
         verify=s.model.verify_hashes,
         max_items=s.batching.max_items,
         max_tokens=s.batching.max_tokens,
+        trace_lexical=s.evidence.enabled,
     )
 
 
@@ -87,15 +88,18 @@ def run(args: argparse.Namespace) -> int:
     from worker import kafka_confluent, kafka_io
     from worker.cache import Cache, NoCache, RedisCache
     from worker.clock import Abort, RealClock
+    from worker.feedback import ApplyFeedback
     from worker.health import Health, serve
     from worker.loop import Loop, RunBatch
     from worker.metrics import Metrics
     from worker.outputs import BuildMessages
+    from worker.overrides import ApplyOverrides, RedisOverrides
     from worker.publish import Publish
     from worker.records import DecodeRecords, Tokenize
     from worker.reload import ModelHolder, Watcher
+    from worker.review_queue import RouteReview
     from worker.shadow import ShadowRun
-    from worker.tagging import CacheLookup, TagBatch
+    from worker.tagging import CacheLookup, Explain, TagBatch
 
     clock = RealClock()
     metrics = Metrics()
@@ -109,9 +113,10 @@ def run(args: argparse.Namespace) -> int:
         watcher.start()
     stop, abort = threading.Event(), Abort(clock)
     cache: Cache = NoCache()
+    store: RedisOverrides | None = None
     if settings.redis.enabled:
         r = settings.redis
-        cache = RedisCache.from_url(
+        cache = redis_cache = RedisCache.from_url(
             r.url,
             password=r.password.get_secret_value() if r.password else None,
             timeout_s=r.timeout_s,
@@ -120,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
             retry_interval_s=r.retry_interval_s,
         )
         health.cache = cache
+        if settings.feedback.enabled:  # the same client (a thread-safe pool): overrides live beside the cache
+            store = RedisOverrides(redis_cache.client, r.key_prefix, metrics, r.retry_interval_s)
+    elif settings.feedback.enabled:
+        log.warning(
+            "feedback needs Redis (TAGGER_REDIS__ENABLED=false): %s is not consumed", settings.kafka.feedback_topic
+        )
     server = serve(settings.http.host, settings.http.port, health, metrics) if settings.http.port else None
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -136,15 +147,23 @@ def run(args: argparse.Namespace) -> int:
     confluent = k.client == "confluent"
     publisher = kafka_confluent.ConfluentPublisher(k) if confluent else kafka_io.KafkaPublisher(k)
     connect = kafka_confluent.connect_consumer if confluent else kafka_io.connect_consumer
+    margin = settings.review.margin if settings.review.enabled else 0.0
     run_batch = RunBatch(
-        TagBatch(models, cache, settings.redis.key_prefix, metrics),
+        TagBatch(models, cache, settings.redis.key_prefix, metrics, Explain(settings.evidence, margin)),
         BuildMessages(k, models, settings.limits),
         Publish(publisher, k, metrics, health, abort, clock),
         metrics,
         shadow=ShadowRun(shadow_engine, settings.shadow.output_topic, settings.shadow.budget_ms / 1000, metrics)
         if shadow_engine is not None
         else None,
+        overrides=ApplyOverrides(store, metrics) if store is not None else None,
+        review=RouteReview(settings.review, k.review_topic, metrics) if settings.review.enabled else None,
     )
+    feedback = None
+    if store is not None:
+        feedback = ApplyFeedback(
+            store, Publish(publisher, k, metrics, health, abort, clock), k, settings.limits, metrics, abort, stop
+        )
     if shadow_engine is not None:
         metrics.model_info.labels(shadow_engine.model_version, "shadow").set(1)
     loop = Loop(
@@ -163,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
         abort,
         clock,
         models=models,
+        feedback=feedback,
+        feedback_batch=settings.feedback.max_items,
     )
     code = loop.run()
     if watcher is not None:

@@ -152,6 +152,32 @@ class ShadowSettings(_Section):
     )
 
 
+class EvidenceSettings(_Section):
+    enabled: bool = Field(True, description="Add evidence (spans of the title/description) to every tag.")
+    max_spans: int = Field(3, ge=1, le=20, description="Evidence spans per tag, strongest first.")
+
+
+class ReviewSettings(_Section):
+    enabled: bool = Field(True, description="Also publish uncertain items to the review topic.")
+    margin: float = Field(
+        0.1, ge=0.0, le=1.0, description="A tag whose score is within this of its threshold routes the item to review."
+    )
+    empty_facet_share: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="A single-valued facet carried by at least this share of training items is expected: "
+        "an item without it goes to review (1.0: never).",
+    )
+
+
+class FeedbackSettings(_Section):
+    enabled: bool = Field(
+        True, description="Consume the feedback topic into Redis overrides and apply them (needs Redis)."
+    )
+    max_items: int = Field(500, ge=1, le=10_000, description="Feedback records written to Redis per round trip.")
+
+
 class BatchingSettings(_Section):
     max_items: int = Field(64, ge=1, le=4_096, description="Close a micro-batch at this many products.")
     max_tokens: int = Field(8_192, ge=16, description="Token budget of one inference call (padded batch x sequence).")
@@ -229,6 +255,9 @@ class WorkerSettings(BaseSettings):
     redis: RedisSettings = Field(RedisSettings(), description="Result cache.")
     model: ModelSettings = Field(ModelSettings(), description="Model artifact and runtime.")
     shadow: ShadowSettings = Field(ShadowSettings(), description="Optional shadow (candidate) model.")
+    evidence: EvidenceSettings = Field(EvidenceSettings(), description="Evidence spans on tags.")
+    review: ReviewSettings = Field(ReviewSettings(), description="Review queue.")
+    feedback: FeedbackSettings = Field(FeedbackSettings(), description="Human corrections (overrides).")
     batching: BatchingSettings = Field(BatchingSettings(), description="Micro-batching.")
     limits: LimitSettings = Field(LimitSettings(), description="Input bounds.")
     http: HttpSettings = Field(HttpSettings(), description="Health and metrics endpoint.")
