@@ -12,7 +12,7 @@ import threading
 import uuid
 from datetime import UTC, datetime
 
-from worker.settings import SettingsError, load_settings
+from worker.settings import ReviewPageSettings, SettingsError, WorkerSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +23,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reviewer", help="reviewer name pre-filled on the page (default TAGGER_REVIEW_PAGE__REVIEWER)")
 
 
+def _settings(args: argparse.Namespace) -> tuple[WorkerSettings, ReviewPageSettings]:
+    """The process's settings, and the page's section with the command-line flags applied."""
+    settings = load_settings()
+    flags = {"host": args.host, "port": args.port, "reviewer": args.reviewer}
+    return settings, settings.review_page.model_copy(update={k: v for k, v in flags.items() if v is not None})
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings()
+        settings, page = _settings(args)
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    overrides = {
-        k: v for k, v in {"host": args.host, "port": args.port, "reviewer": args.reviewer}.items() if v is not None
-    }
-    page = settings.review_page.model_copy(update=overrides)
 
     import uvicorn
 
