@@ -391,5 +391,3 @@ def machine() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
-
-

@@ -25,6 +25,7 @@ from scripts.local_services import create_topics
 
 log = logging.getLogger("bench")
 
+
 def full_load(b: Bench, pool: list[dict[str, str]], n: int, warm: list[dict[str, str]], prefix: str) -> dict[str, Any]:
     w = b.start_worker("full", prefix)
     b.warm_up(w, warm)
@@ -59,9 +60,7 @@ def half_load(
     return result
 
 
-def cache_replay(
-    b: Bench, pool: list[dict[str, str]], n: int, replay: int, prefix: str, client: str
-) -> dict[str, Any]:
+def cache_replay(b: Bench, pool: list[dict[str, str]], n: int, replay: int, prefix: str, client: str) -> dict[str, Any]:
     """Pre-produce the backlog, then start the worker (Kafka client `client`): it drains nothing
     but cache hits."""
     suffix_name = f"replay-{client}"
@@ -214,5 +213,3 @@ def batched(b: Bench, tagger: Any, pool: list[dict[str, str]], m: int, max_recor
         session_timeout_ms=int(timeouts["TAGGER_KAFKA__SESSION_TIMEOUT_MS"]),
         heartbeat_interval_ms=int(timeouts["TAGGER_KAFKA__HEARTBEAT_INTERVAL_MS"]),
     )
-
-

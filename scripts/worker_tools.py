@@ -58,6 +58,9 @@ def worker_env(bootstrap: str, redis_url: str, model: Path, suffix: str, **extra
             "TAGGER_KAFKA__INPUT_TOPIC": f"in-{suffix}",
             "TAGGER_KAFKA__OUTPUT_TOPIC": f"out-{suffix}",
             "TAGGER_KAFKA__DLQ_TOPIC": f"dlq-{suffix}",
+            # Never the shared defaults: another test's feedback would become this worker's dead letters.
+            "TAGGER_KAFKA__FEEDBACK_TOPIC": f"fb-{suffix}",
+            "TAGGER_KAFKA__REVIEW_TOPIC": f"rev-{suffix}",
             "TAGGER_KAFKA__GROUP_ID": f"g-{suffix}",
             "TAGGER_REDIS__URL": redis_url,
             "TAGGER_REDIS__KEY_PREFIX": f"t-{suffix}:",

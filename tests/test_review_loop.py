@@ -51,7 +51,11 @@ class LabelledEngine(FakeEngine):
     """FakeEngine with labels `words:1..8` (threshold 0.85): a text of n words scores 0.9 on `words:n`
     and 0.8 on `words:n+1` (a near miss)."""
 
-    explain_basis = ExplainBasis.build(LABELS, [0.85] * len(LABELS), ["words#0"], None)  # type: ignore[assignment]
+    basis = ExplainBasis.build(LABELS, [0.85] * len(LABELS), [], None)  # multi-valued: near misses stay
+
+    @property
+    def explain_basis(self) -> ExplainBasis:
+        return self.basis
 
     def run(self, items: list[Encoded]) -> Outputs:
         super().run(items)
@@ -114,7 +118,7 @@ def rig() -> Rig:
         metrics,
         wall_clock=lambda: 1_750_000_000.0,
         overrides=ApplyOverrides(store, metrics),
-        review=RouteReview(ReviewSettings(margin=0.1), "rev", metrics),
+        review=RouteReview(ReviewSettings(margin=0.1, near_misses=True), "rev", metrics),
     )
     feedback = ApplyFeedback(
         store, Publish(publisher, KAFKA, metrics, health, abort, clock), KAFKA, LimitSettings(), metrics, abort, stop

@@ -12,7 +12,16 @@ import pytest
 from schemas.events import ReviewItem, TagEvent, TagFeedback
 from worker.decode import Invalid
 from worker.engine import Tag
-from worker.evidence import EvidenceSpan, ExplainBasis, feature_shares, fields_of, near_misses, rebase, tag_evidence
+from worker.evidence import (
+    EvidenceSpan,
+    ExplainBasis,
+    feature_shares,
+    fields_of,
+    near_misses,
+    neighbourhood,
+    rebase,
+    tag_evidence,
+)
 from worker.feedback import decode_feedback
 from worker.lexical import LexicalChannel, Trace
 from worker.overrides import Override, apply_overrides
@@ -47,7 +56,7 @@ def basis(channel: LexicalChannel) -> ExplainBasis:
 def _explain(channel: LexicalChannel, basis: ExplainBasis, title: str, description: str | None, tag: str) -> tuple:
     trace = Trace()
     channel.scores([title if not description else f"{title} . {description}"], trace=trace)
-    return tag_evidence(tag, fields_of(title, description), basis, trace.item(0), 3)
+    return tag_evidence(tag, fields_of(title, description), basis, neighbourhood(basis, trace.item(0)), 3)
 
 
 def _assert_indexes_original(spans: tuple[EvidenceSpan, ...], title: str, description: str | None) -> None:
@@ -101,8 +110,13 @@ def test_a_model_without_lexical_channel_gives_value_spans_only() -> None:
 
 
 def test_near_misses_and_expected_facets(basis: ExplainBasis) -> None:
-    row = np.array([0.35, 0.25, 0.1, 0.0, 0.29, 0.05, 0.19], dtype=np.float32)
-    assert near_misses(basis, row, {"brand:Nike"}, 0.1) == [("brand:小米", pytest.approx(0.29)), ("brand:Puma", 0.25)]
+    row = np.array([0.35, 0.25, 0.1, 0.0, 0.29, 0.05, 0.25], dtype=np.float32)
+    assert near_misses(basis, row, {"category:Footwear"}, 0.1) == [
+        ("brand:小米", pytest.approx(0.29)),
+        ("brand:Puma", 0.25),
+    ]
+    # A single-valued slot that has its value has no near misses worth a look.
+    assert near_misses(basis, row, {"brand:Nike"}, 0.1) == [("category:Electronics", 0.25)]
     assert near_misses(basis, row, set(), 0.0) == []
     assert basis.expected_facets(0.9) == {"brand", "category"}
     assert basis.expected_facets(1.0) == set(), "1.0 switches empty-facet routing off"
@@ -116,6 +130,7 @@ def test_cache_entries_keep_evidence_and_candidates_and_read_the_old_format() ->
     assert tags_to_cache([Tag("a:b", 0.5)]) == b'[["a:b",0.5]]', "nothing new: the first format, byte for byte"
     assert tags_from_cache(b'[["a:b",0.5]]') == [Tag("a:b", 0.5)]
     assert result_from_cache(b'{"tags": 3}') is None
+    assert result_from_cache(b'[["a:b", 0.5, [["title", "0", 4, "Nike"]]]]') is None, "corrupt spans: a miss"
 
 
 def test_rebase_moves_spans_to_another_products_whitespace() -> None:
@@ -156,6 +171,8 @@ def test_review_reasons() -> None:
         ("empty_facet", "size", None),
     ]
     assert review_reasons(tags, [], thresholds, set(), 0.01) == []
+    # The worker's default: a near miss alone does not route an item (it stays a candidate).
+    assert review_reasons([Tag("brand:Nike", 0.9)], [Tag("brand:Puma", 0.35)], thresholds, (), 0.1, (), False) == []
     # A facet a reviewer decided on, and human tags, are not routed again.
     human = [Tag("brand:Nike", 1.0, source="human"), Tag("category:Footwear", 0.95)]
     assert review_reasons(human, [Tag("brand:Puma", 0.35)], thresholds, {"size"}, 0.1, settled={"brand", "size"}) == []

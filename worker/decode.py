@@ -6,15 +6,16 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.events import DeadLetterReason, ProductEvent
 from worker.contract import compose_text
 from worker.settings import LimitSettings
 
+M = TypeVar("M", bound=BaseModel)
 EVENT_NAMESPACE = uuid.UUID("6f1c3c52-8f5e-4d0e-9a57-3a1d5d0c2b11")
 
 
@@ -61,14 +62,21 @@ def validation_problem(exc: ValidationError) -> Invalid:
     return Invalid(reason, detail)
 
 
-def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
+def validated(raw: bytes | None, limits: LimitSettings, model: type[M]) -> M | Invalid:
+    """Raw value -> a validated `model` (a product event, a feedback record), or why not."""
     obj = json_object(raw, limits)
     if isinstance(obj, Invalid):
         return obj
     try:
-        event = ProductEvent.model_validate(obj)
+        return model.model_validate(obj)
     except ValidationError as exc:
         return validation_problem(exc)
+
+
+def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
+    event = validated(raw, limits, ProductEvent)
+    if isinstance(event, Invalid):
+        return event
     if not event.title.strip():
         return Invalid("empty_title", "title is blank")
     for field, value, limit in (

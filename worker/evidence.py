@@ -27,12 +27,12 @@ from functools import cached_property
 import numpy as np
 
 from schemas.training import facet_of
-from worker.contract import HIERARCHY_SEPARATOR
+from worker.contract import HIERARCHY_SEPARATOR, parent_of, slot_of
 from worker.lexical import _IS_CJK, _TOKEN, LexicalChannel, normalise
 from worker.spans import find_span
 
-MAX_FEATURES = 12  # strongest lexical features mapped to text per tag
-MAX_CANDIDATES = 5  # near-miss tags kept per item
+MAX_FEATURES = 6  # strongest lexical features mapped to text per tag
+MAX_CANDIDATES = 3  # near-miss tags kept per item
 
 
 @dataclass(frozen=True)
@@ -49,25 +49,36 @@ class FieldText:
 
     def __init__(self, name: str, text: str) -> None:
         self.name, self.text = name, text
-        parts: list[str] = []
-        src: list[int] = []
-        for i, ch in enumerate(text):
-            n = normalise(ch)
-            parts.append(n)
-            src.extend([i] * len(n))
-        self.norm, self.src = "".join(parts), src
+        self.src: list[int] | None = None  # None: normalised index == original index
+        if text.isascii():  # NFKC leaves ASCII alone and case folding is lower(): one to one
+            self.norm = text.lower()
+        else:
+            parts: list[str] = []
+            src: list[int] = []
+            for i, ch in enumerate(text):
+                n = normalise(ch)
+                parts.append(n)
+                src.extend([i] * len(n))
+            self.norm, self.src = "".join(parts), src
         self.tokens = [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(self.norm)]
         self.by_token: dict[str, list[int]] = {}
         for k, (tok, _, _) in enumerate(self.tokens):
             self.by_token.setdefault(tok, []).append(k)
+        self._found: dict[str, list[tuple[int, int]]] = {}  # feature -> spans (an item's tags share features)
 
     def span(self, start: int, end: int) -> EvidenceSpan:
         """Normalised [start, end) -> the original characters they came from."""
-        a, b = self.src[start], self.src[end - 1] + 1
+        a, b = (start, end) if self.src is None else (self.src[start], self.src[end - 1] + 1)
         return EvidenceSpan(self.name, a, b, self.text[a:b])
 
     def feature_spans(self, feature: str) -> list[tuple[int, int]]:
         """Where a lexical feature (`w:tok`, `w:a b`, `c:gram`) occurs, in normalised indices."""
+        found = self._found.get(feature)
+        if found is None:
+            found = self._found[feature] = self._feature_spans(feature)
+        return found
+
+    def _feature_spans(self, feature: str) -> list[tuple[int, int]]:
         kind, body = feature[:2], feature[2:]
         if kind == "w:":
             first, _, second = body.partition(" ")
@@ -81,7 +92,8 @@ class FieldText:
             ]
         if _IS_CJK.search(body):
             return [(m.start(), m.start() + len(body)) for m in re.finditer(re.escape(body), self.norm)]
-        return [(s, e) for tok, s, e in self.tokens if body in f" {tok} "]
+        words = [tok for tok in self.by_token if body in f" {tok} "]
+        return sorted(self.tokens[k][1:] for tok in words for k in self.by_token[tok])
 
 
 def fields_of(title: str, description: str | None) -> list[FieldText]:
@@ -158,34 +170,66 @@ class ExplainBasis:
 TraceItem = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # lexical.Trace.item
 
 
+@dataclass(frozen=True)
+class Neighbourhood:
+    """One query's neighbours with their terms w_n * x_f * nb_f / sim_n, one per feature f a neighbour
+    shares with the query (flat arrays: which neighbour, which query feature, the term). Built once
+    per item, vectorised; each of its tags then sums the terms of the neighbours that carry it."""
+
+    query_cols: np.ndarray  # [query features] lexical columns
+    labels: list[frozenset[int]]  # per kept neighbour: its label ids
+    neighbour: np.ndarray  # [terms] index into `labels`
+    feature: np.ndarray  # [terms] index into `query_cols`
+    terms: np.ndarray  # [terms]
+
+    @classmethod
+    def of(cls, lexical: LexicalChannel, item: TraceItem) -> Neighbourhood:
+        cols, vals, top, sims, weights = item
+        index, rows = lexical.index, lexical.index.item_rows
+        keep = (weights > 0) & (sims > 0)
+        top, scale = top[keep], weights[keep] / sims[keep]
+        spans = [(rows.indptr[n], rows.indptr[n + 1]) for n in top.tolist()]
+        indices = np.concatenate([rows.indices[a:b] for a, b in spans]) if spans else np.zeros(0, dtype=np.int64)
+        data = np.concatenate([rows.data[a:b] for a, b in spans]) if spans else np.zeros(0)
+        order = np.argsort(cols)
+        sorted_cols = cols[order]
+        pos = np.minimum(np.searchsorted(sorted_cols, indices), max(0, len(sorted_cols) - 1))
+        shared = sorted_cols[pos] == indices if len(sorted_cols) else np.zeros(len(indices), dtype=bool)
+        neighbour = np.repeat(np.arange(len(top)), [b - a for a, b in spans])[shared]
+        feature = order[pos[shared]]
+        terms = scale[neighbour] * vals[feature] * data[shared]
+        labels = [
+            frozenset(index.label_ids[index.label_indptr[n] : index.label_indptr[n + 1]].tolist()) for n in top.tolist()
+        ]
+        return cls(cols, labels, neighbour, feature, terms)
+
+    def shares(self, label: int) -> tuple[np.ndarray, np.ndarray]:
+        """(feature columns, their shares of `label`'s neighbour score); the shares add up to it."""
+        carry = np.fromiter((label in ids for ids in self.labels), dtype=bool, count=len(self.labels))
+        if not carry.any():
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        mask = carry[self.neighbour]
+        per_feature = np.bincount(self.feature[mask], weights=self.terms[mask], minlength=len(self.query_cols))
+        nonzero = np.nonzero(per_feature)[0]
+        return self.query_cols[nonzero], per_feature[nonzero]
+
+
 def feature_shares(lexical: LexicalChannel, item: TraceItem, label: int) -> dict[int, float]:
     """Each query feature's share of `label`'s neighbour score (they add up to that score)."""
-    cols, vals, top, sims, weights = item
-    rows, index = lexical.index.item_rows, lexical.index
-    out: dict[int, float] = {}
-    for n, sim, w in zip(top.tolist(), sims.tolist(), weights.tolist(), strict=True):
-        if w <= 0 or sim <= 0:
-            continue
-        if label not in index.label_ids[index.label_indptr[n] : index.label_indptr[n + 1]]:
-            continue
-        s, e = rows.indptr[n], rows.indptr[n + 1]
-        common, qi, ni = np.intersect1d(cols, rows.indices[s:e], assume_unique=True, return_indices=True)
-        contrib = (w / sim) * vals[qi] * rows.data[s:e][ni]
-        for c, v in zip(common.tolist(), contrib.tolist(), strict=True):
-            out[c] = out.get(c, 0.0) + v
-    return out
+    cols, shares = Neighbourhood.of(lexical, item).shares(label)
+    return dict(zip(cols.tolist(), shares.tolist(), strict=True))
 
 
 def lexical_spans(
-    basis: ExplainBasis, item: TraceItem, label: int, fields: Sequence[FieldText]
+    basis: ExplainBasis, around: Neighbourhood, label: int, fields: Sequence[FieldText]
 ) -> list[tuple[EvidenceSpan, float]]:
     """The text behind a label's lexical score: spans with the summed share of their features."""
-    if basis.lexical is None:
+    cols, shares = around.shares(label)
+    if not len(cols):
         return []
-    shares = feature_shares(basis.lexical, item, label)
-    strongest = sorted(shares.items(), key=lambda kv: -kv[1])[:MAX_FEATURES]
+    strongest = np.argsort(-shares)[:MAX_FEATURES] if len(shares) > MAX_FEATURES else np.argsort(-shares)
     found: dict[EvidenceSpan, float] = {}
-    for col, share in strongest:
+    for col, share in zip(cols[strongest].tolist(), shares[strongest].tolist(), strict=True):
         if share <= 0:
             break
         for f in fields:
@@ -199,17 +243,23 @@ def _overlaps(a: EvidenceSpan, b: EvidenceSpan) -> bool:
     return a.field == b.field and a.start < b.end and b.start < a.end
 
 
+def neighbourhood(basis: ExplainBasis | None, item: TraceItem | None) -> Neighbourhood | None:
+    if basis is None or basis.lexical is None or item is None:
+        return None
+    return Neighbourhood.of(basis.lexical, item)
+
+
 def tag_evidence(
     tag: str,
     fields: Sequence[FieldText],
     basis: ExplainBasis | None,
-    item: TraceItem | None,
+    around: Neighbourhood | None,
     max_spans: int,
 ) -> tuple[EvidenceSpan, ...]:
     """Value spans first, then the strongest lexical spans; spans never overlap; at most `max_spans`."""
     ranked = value_spans(tag, fields)
-    if basis is not None and item is not None and (j := basis.label_index.get(tag)) is not None:
-        ranked += [span for span, _ in lexical_spans(basis, item, j, fields)]
+    if basis is not None and around is not None and (j := basis.label_index.get(tag)) is not None:
+        ranked += [span for span, _ in lexical_spans(basis, around, j, fields)]
     kept: list[EvidenceSpan] = []
     for span in ranked:
         if len(kept) >= max_spans:
@@ -222,13 +272,23 @@ def tag_evidence(
 def near_misses(
     basis: ExplainBasis, row: np.ndarray, served: set[str], margin: float, limit: int = MAX_CANDIDATES
 ) -> list[tuple[str, float]]:
-    """Labels scoring within `margin` below their thresholds (not served), highest first."""
+    """Labels scoring within `margin` below their thresholds that could have changed the tags, highest
+    first: not in a single-valued slot that already has a value, and (in a hierarchy) only children
+    of a served parent. (Without these rules every Flipkart item had some near miss: a kNN channel
+    gives many labels small scores; with them, see README "Human review loop".)"""
     if margin <= 0:
         return []
     t = basis.thresholds
     idx = np.nonzero((row < t) & (row >= t - margin))[0]
-    cands = [(basis.labels[j], float(row[j])) for j in idx if basis.labels[j] not in served]
-    return sorted(cands, key=lambda c: -c[1])[:limit]
+    filled = {slot_of(x) for x in served} & basis.single_slots
+    out = []
+    for j in idx.tolist():
+        label = basis.labels[j]
+        parent = parent_of(label)
+        if label in served or slot_of(label) in filled or (parent is not None and parent not in served):
+            continue
+        out.append((label, float(row[j])))
+    return sorted(out, key=lambda c: -c[1])[:limit]
 
 
 def rebase(spans: Sequence[EvidenceSpan], title: str, description: str | None) -> tuple[EvidenceSpan, ...]:

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from pydantic import ValidationError
-
 from schemas.events import TagFeedback
 from worker.clock import Abort
-from worker.decode import Invalid, json_object, validation_problem
+from worker.decode import Invalid, validated
 from worker.metrics import Metrics
 from worker.outputs import OutMessage, dead_letter
 from worker.overrides import OverrideStore, OverridesUnavailable
@@ -37,13 +35,9 @@ T = TypeVar("T")
 def decode_feedback(raw: bytes | None, limits: LimitSettings) -> TagFeedback | Invalid:
     """Every failure is a reason, never an exception."""
     try:
-        obj = json_object(raw, limits)
-        if isinstance(obj, Invalid):
-            return obj
-        try:
-            fb = TagFeedback.model_validate(obj)
-        except ValidationError as exc:
-            return validation_problem(exc)
+        fb = validated(raw, limits, TagFeedback)
+        if isinstance(fb, Invalid):
+            return fb
     except Exception as exc:  # a record must never crash the loop: bad input is data
         return Invalid("schema", f"undecodable: {type(exc).__name__}: {str(exc)[:500]}")
     facet, sep, value = fb.tag.partition(":")

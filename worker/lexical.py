@@ -122,8 +122,8 @@ class Trace:
         """(query columns, query values, neighbour items, similarities, weights) of query `i`."""
         for query, (top, sims, weights) in zip(self.queries, self.neighbours, strict=True):
             if i < query.shape[0]:
-                row = query.getrow(i)
-                return row.indices, row.data, top[i], sims[i], weights[i]
+                a, b = query.indptr[i], query.indptr[i + 1]
+                return query.indices[a:b], query.data[a:b], top[i], sims[i], weights[i]
             i -= query.shape[0]
         return None
 

@@ -460,7 +460,8 @@ class Loop:
     def _report_lag(self) -> None:
         """Highwater minus the committed offset: consumed-but-uncommitted records count as lag."""
         assert self.consumer is not None
-        assigned = self.consumer.assignment()
+        # The gauge is labelled by partition only: it reports the input topic (feedback is tiny).
+        assigned = {tp for tp in self.consumer.assignment() if tp.topic == self.kafka.input_topic}
         unknown = [tp for tp in assigned if self.tracker.last_committed(tp) is None and tp not in self.remote_committed]
         if unknown:
             try:

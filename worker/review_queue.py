@@ -2,9 +2,10 @@
 publishes them to the review topic beside their tag events (same batch, same acknowledgement, so an
 offset is committed only once both are acknowledged).
 
-An item is routed when a model tag scores within `margin` of its threshold (above it), when a label
-scores within `margin` below its threshold (a near miss, offered as a candidate), or when a
-single-valued top-level facet that most training items carry (`empty_facet_share`) has no tag.
+An item is routed when a model tag scores within `margin` of its threshold (above it), when a
+single-valued top-level facet that most training items carry (`empty_facet_share`) has no tag, and
+(with `near_misses`) when a label scores within `margin` below its threshold. Near misses are always
+offered to the reviewer as candidates.
 Facets a reviewer has already decided on (overrides) are not routed again.
 """
 
@@ -41,16 +42,18 @@ def review_reasons(
     expected_facets: Collection[str],
     margin: float,
     settled: Collection[str] = (),
+    near_misses: bool = True,
 ) -> list[Reason]:
     """Why an item needs a person (empty: it does not). `threshold(tag)`: None for tags without one
-    (extracted open-vocabulary values); `settled`: facets a reviewer decided on for this product."""
+    (extracted open-vocabulary values); `settled`: facets a reviewer decided on for this product;
+    `near_misses`: whether a candidate within the margin below its threshold is a reason by itself."""
     out: list[Reason] = []
     for t in tags:
         thr = threshold(t.tag)
         f = facet_of(t.tag)
         if t.source != HUMAN and f not in settled and thr is not None and t.score - thr < margin:
             out.append(Reason("near_threshold", f, t.tag, t.score, thr))
-    for c in candidates:
+    for c in candidates if near_misses else ():
         thr = threshold(c.tag)
         f = facet_of(c.tag)
         if f not in settled and thr is not None and thr - c.score <= margin:
@@ -70,6 +73,7 @@ class RouteReview:
 
     def __init__(self, settings: ReviewSettings, topic: str, metrics: Metrics) -> None:
         self.margin, self.share, self.topic, self.metrics = settings.margin, settings.empty_facet_share, topic, metrics
+        self.near_misses = settings.near_misses
 
     def __call__(
         self,
@@ -89,7 +93,9 @@ class RouteReview:
                 continue
             self.metrics.review_considered.inc()
             pid = o.record.product.product_id
-            reasons = review_reasons(o.tags, o.candidates, basis.threshold, expected, self.margin, settled.get(pid, ()))
+            reasons = review_reasons(
+                o.tags, o.candidates, basis.threshold, expected, self.margin, settled.get(pid, ()), self.near_misses
+            )
             if not reasons:
                 continue
             for kind in {r.kind for r in reasons}:

@@ -162,6 +162,11 @@ class ReviewSettings(_Section):
     margin: float = Field(
         0.1, ge=0.0, le=1.0, description="A tag whose score is within this of its threshold routes the item to review."
     )
+    near_misses: bool = Field(
+        False,
+        description="Also route items with a label within the margin below its threshold (measured: many more "
+        "items; see README). Near misses are offered as candidates either way.",
+    )
     empty_facet_share: float = Field(
         0.9,
         ge=0.0,
