@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "worker.feedback_export",
         "reviewers' decisions (feedback topic) -> training rows (`feedback export`)",
     ),
+    "review": (
+        "worker.review_page.main",
+        "the review page: items of the review topic, decisions published as feedback",
+    ),
 }
 
 

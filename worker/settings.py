@@ -243,8 +243,27 @@ class ShutdownSettings(_Section):
     )
 
 
+class ReviewPageSettings(_Section):
+    host: str = Field(
+        "127.0.0.1", description="Bind address of the review page (`tagger review`; it has no login: keep it local)."
+    )
+    port: int = Field(8090, ge=0, le=65_535, description="Port of the review page (0: any free port).")
+    group_id: str = Field(
+        "product-tagger-review",
+        description="Consumer group of the page; it never commits, so every start replays both topics.",
+    )
+    reviewer: str | None = Field(None, description="Reviewer name pre-filled on the page (editable there).")
+    max_items: int = Field(
+        5_000, ge=1, le=1_000_000, description="Products kept in memory by the page (latest item each, oldest dropped)."
+    )
+    publish_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Wait this long for a decision to be acknowledged before showing an error."
+    )
+
+
 class WorkerSettings(BaseSettings):
-    """Everything `tagger worker` can be told; see the README's generated table."""
+    """Everything the `tagger worker` and `tagger review` processes can be told; see the README's
+    generated table."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED, frozen=True, extra="forbid")
 
@@ -260,6 +279,7 @@ class WorkerSettings(BaseSettings):
     http: HttpSettings = Field(HttpSettings(), description="Health and metrics endpoint.")
     log: LogSettings = Field(LogSettings(), description="Logging.")
     shutdown: ShutdownSettings = Field(ShutdownSettings(), description="Graceful drain.")
+    review_page: ReviewPageSettings = Field(ReviewPageSettings(), description="The review page (`tagger review`).")
 
     @model_validator(mode="after")
     def _shadow_topic_apart(self) -> WorkerSettings:
