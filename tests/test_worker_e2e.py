@@ -14,16 +14,8 @@ import pytest
 
 from schemas.events import DeadLetter, TagEvent
 from scripts.local_services import create_topics, free_port, http_ok, wait_until
-from tests.kafka_helpers import (
-    REPO,
-    produce,
-    read_all,
-    served_worker_env,
-    start_worker,
-    values,
-    worker_env,
-    worker_topics,
-)
+from scripts.worker_tools import worker_topics
+from tests.kafka_helpers import REPO, produce, read_all, served_worker_env, start_worker, values, worker_env
 from tests.model_factory import make_rows
 
 MALFORMED = [
