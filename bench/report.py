@@ -76,6 +76,13 @@ def render(r: dict[str, Any]) -> str:
             f"| inference only, {name.replace('_', ' ')} | {fmt(v['eps'])} | | | | "
             f"TagEngine/torch on the same texts in batches of {s['max_items']}, no I/O |"
         )
+    ev = r.get("evidence")
+    if ev:
+        lines.append(
+            f"| tagging step, evidence off / on | {fmt(ev['eps_evidence_off'])} / {fmt(ev['eps_evidence_on'])} | | | | "
+            f"evidence costs {fmt(100 * ev['cost_share'])}% of throughput ({fmt(100 * ev['cpu_cost_share'])}% of CPU), "
+            f"target < 10%; {ev['items']} items x {ev['rounds']} rounds, TagBatch in-process |"
+        )
     lines.append(
         f"| naive (per message, torch, auto-commit) | {fmt(r['naive_eps'])} | | | | "
         f"{r['naive']['events']:.0f} events in {fmt(r['naive']['elapsed_s'])} s |"
@@ -113,7 +120,6 @@ def render(r: dict[str, Any]) -> str:
 
 
 # -- main --------------------------------------------------------------------------------------
-
 
 
 def json_default(obj: Any) -> Any:

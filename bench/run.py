@@ -10,7 +10,8 @@ as its own process exactly as deployed, on real Flipkart titles:
 3. cache-hit replay: the same products again with run 1's key prefix (every one a Redis hit);
    Run twice, once per Kafka client (kafka-python, confluent = librdkafka);
 4. inference only: the worker's TagEngine (ONNX fp32, int8) and the torch model, same texts and
-   micro-batch sizes, no Kafka or Redis;
+   micro-batch sizes, no Kafka or Redis; and what evidence (issue 13) costs the tagging step
+   (bench/evidence_cost.py: evidence on vs off, alternating per micro-batch);
 5. naive: one message at a time through torch with an auto-committing kafka-python consumer
    (bench/naive.py);
 6. batched competitor: poll 64 -> one batched torch pass -> produce -> commit (bench/batched.py);
@@ -41,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.evidence_cost import evidence_cost
 from bench.harness import REAL_MODEL, Bench, Stack, group_timeouts, load_products, machine
 from bench.report import finite, json_default, render
 from bench.scenarios import batched, cache_replay, full_load, half_load, inference_only, kafka_floor, naive
@@ -50,6 +52,7 @@ from worker.contract import compose_text
 from worker.settings import BatchingSettings, KafkaSettings
 
 log = logging.getLogger("bench")
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     b = BatchingSettings.model_validate({})
@@ -63,13 +66,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=FLIPKART, help="product titles (JSONL)")
     p.add_argument("--int8", action="store_true", help="same as --precision int8 (kept for old commands)")
     p.add_argument(
-        "--precision", choices=("fp32", "int8", "fp16"), default=None,
+        "--precision",
+        choices=("fp32", "int8", "fp16"),
+        default=None,
         help="graph the worker serves (default: the worker's own choice: int8 on CPU, fp16 on CUDA, when present)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="execution provider (cuda: GPU mode)")
     p.add_argument("--gpu", action="store_true", help="same as --device cuda")
     p.add_argument(
-        "--client", choices=("kafka-python", "confluent"), default="kafka-python",
+        "--client",
+        choices=("kafka-python", "confluent"),
+        default="kafka-python",
         help="the worker's Kafka client for full and half load (the replay runs both)",
     )
     p.add_argument("--batched-events", type=int, default=None, help="events for the batched competitor (1000)")
@@ -78,7 +85,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, default=b.max_wait_ms)
     p.add_argument("--max-in-flight", type=int, default=b.max_in_flight)
     p.add_argument(
-        "--fetch-max-wait-ms", type=int, default=10,
+        "--fetch-max-wait-ms",
+        type=int,
+        default=10,
         help="worker fetch wait (10): Tansu holds every fetch this long even when data is there; Kafka does not",
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes everywhere (for the test suite)")
@@ -185,6 +194,8 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     log.info("4/6 inference only")
     texts = [compose_text(p["title"], p.get("description")) for p in pool[:n]]
     inf = inference_only(model_dir, run_dir, texts, args)
+    log.info("4b/6 evidence on vs off (the batch thread's tagging step, in-process)")
+    evidence = evidence_cost(model_dir, pool[: min(n, 640)], args.max_items, args.max_tokens, 1 if args.smoke else 3)
 
     log.info("5/6 naive: %d events", args.naive_events)
     from bench.naive import TorchTagger
@@ -238,6 +249,9 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "cache_hit": hit,
         "cache_hit_by_client": hits,
         "inference_only": inf,
+        "evidence": evidence,
+        "evidence_cost_share": evidence["cost_share"],
+        "evidence_cpu_cost_share": evidence["cpu_cost_share"],
         "naive": nv,
         "batched": bt,
         "naive_eps": nv["eps"],
@@ -297,8 +311,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json_out.write_text(line + "\n")
     print(line, flush=True)
     return 0
-
-
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:

@@ -23,8 +23,10 @@ from bench.harness import (
 )
 from bench.naive import Competitor
 from scripts.local_services import create_topics
+from scripts.worker_tools import worker_topics
 
 log = logging.getLogger("bench")
+
 
 def full_load(b: Bench, pool: list[dict[str, str]], n: int, warm: list[dict[str, str]], prefix: str) -> dict[str, Any]:
     w = b.start_worker("full", prefix)
@@ -60,15 +62,13 @@ def half_load(
     return result
 
 
-def cache_replay(
-    b: Bench, pool: list[dict[str, str]], n: int, replay: int, prefix: str, client: str
-) -> dict[str, Any]:
+def cache_replay(b: Bench, pool: list[dict[str, str]], n: int, replay: int, prefix: str, client: str) -> dict[str, Any]:
     """Pre-produce the backlog, then start the worker (Kafka client `client`): it drains nothing
     but cache hits."""
     suffix_name = f"replay-{client}"
     products = cycle(pool[:n], 0, replay)
     suffix = f"bench-{b.run_id}-{suffix_name}"  # what start_worker will name the topics
-    create_topics(b.bootstrap, {f"in-{suffix}": 4, f"out-{suffix}": 4, f"dlq-{suffix}": 1})
+    create_topics(b.bootstrap, worker_topics(suffix, 4))
     created = produce_burst(b.bootstrap, f"in-{suffix}", event_bytes(products, "replay"))
     t0 = time.monotonic()
     w = b.start_worker(suffix_name, prefix, TAGGER_KAFKA__CLIENT=client)

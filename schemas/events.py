@@ -18,8 +18,21 @@ from schemas.training import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
 MAX_PRODUCT_ID_CHARS = 256
 
 DeadLetterReason = Literal[
-    "too_large", "not_utf8", "not_json", "not_object", "schema", "empty_title", "oversized_field", "inference_failed"
+    "too_large",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "schema",
+    "empty_title",
+    "oversized_field",
+    "inference_failed",
+    # feedback records (`products.tag-feedback`) only:
+    "bad_tag",  # the tag is not `facet:value`
+    "unknown_product",  # no tag event was ever published for this product id by this system
 ]
+TagSource = Literal["model", "human"]
+FeedbackAction = Literal["accept", "reject", "add"]
+MAX_TAG_CHARS = 512
 
 
 class ProductEvent(BaseModel):
@@ -33,11 +46,32 @@ class ProductEvent(BaseModel):
     description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS, description="Optional description.")
 
 
+class Evidence(BaseModel):
+    """Where a tag comes from in the product's own text: `text == product[field][start:end]` (Python
+    string indices, i.e. code points, into the ORIGINAL title or description of the product event)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    field: Literal["title", "description"]
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    text: str
+
+
 class TagScore(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     tag: str = Field(description="`facet:value`, e.g. `category:Clothing` or `brand:Alisha`.")
     score: float = Field(ge=0.0, le=1.0, description="Model probability (only tags over threshold are sent).")
+    # Added by issue 13; optional both ways (old events parse, old consumers ignore them).
+    evidence: list[Evidence] | None = Field(
+        None,
+        description="Spans of the title/description behind the tag (the extracted value, or the words that drove "
+        "a classified tag most); absent when not computed.",
+    )
+    source: TagSource | None = Field(
+        None, description="`human`: set by a reviewer's correction (score 1.0); absent or `model`: the model's tag."
+    )
 
 
 class TagEvent(BaseModel):
@@ -87,7 +121,59 @@ class DeadLetter(BaseModel):
     key_truncated: bool = Field(False, description="True when `key_b64` holds only a prefix of the original key.")
 
 
-SCHEMAS: dict[str, type[BaseModel]] = {"product_event": ProductEvent, "tag_event": TagEvent, "dead_letter": DeadLetter}
+class TagFeedback(BaseModel):
+    """A reviewer's decision on one tag of one product, on `products.tag-feedback` keyed by product id.
+    The worker keeps it as an override in Redis: every later tag event of the product applies it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    product_id: str = Field(min_length=1, max_length=MAX_PRODUCT_ID_CHARS)
+    action: FeedbackAction = Field(description="accept (keep, marked human), reject (never again), add (always).")
+    tag: str = Field(min_length=3, max_length=MAX_TAG_CHARS, description="`facet:value`.")
+    reviewer: str = Field(min_length=1, max_length=256, description="Who decided (a user name or id).")
+    at: datetime = Field(description="When the decision was made (UTC).")
+    feedback_id: str | None = Field(None, max_length=256, description="Optional id of the decision (idempotency).")
+    note: str | None = Field(None, max_length=2000)
+
+
+ReviewReasonKind = Literal["near_threshold", "empty_facet"]
+
+
+class ReviewReason(BaseModel):
+    """Why an item was routed to review."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: ReviewReasonKind = Field(
+        description="near_threshold: a tag's score is within the margin of its threshold; empty_facet: a "
+        "single-valued facet that usually has a tag has none."
+    )
+    facet: str
+    tag: str | None = None
+    score: float | None = None
+    threshold: float | None = None
+
+
+class ReviewItem(TagEvent):
+    """An uncertain item, published to `products.review` keyed by product id (besides its tag event):
+    the tag event's fields plus the text (to show the evidence), the reasons and the near-miss tags."""
+
+    title: str
+    description: str | None = None
+    reasons: list[ReviewReason]
+    candidates: list[TagScore] = Field(
+        default_factory=list,
+        description="Tags just below their thresholds (within the margin): a reviewer can add them.",
+    )
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "product_event": ProductEvent,
+    "tag_event": TagEvent,
+    "dead_letter": DeadLetter,
+    "tag_feedback": TagFeedback,
+    "review_item": ReviewItem,
+}
 SCHEMA_DIR = Path(__file__).parent / "json"
 
 

@@ -150,15 +150,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print("== 2/4 local broker (Tansu) and Redis")
     run_id = uuid.uuid4().hex[:8]
-    topics = {kind: f"demo.{kind}.{run_id}" for kind in ("input", "output", "dlq")}
+    topics = {kind: f"demo.{kind}.{run_id}" for kind in ("input", "output", "dlq", "feedback", "review")}
     with local_stack() as (broker, cache):
         create_topics(broker.url, {topics["input"]: 4, topics["output"]: 4, topics["dlq"]: 1})
+        create_topics(broker.url, {topics["feedback"]: 1, topics["review"]: 1})
         port = free_port()
         env = env_without("TAGGER_") | {
             "TAGGER_KAFKA__BOOTSTRAP_SERVERS": broker.url,
             "TAGGER_KAFKA__INPUT_TOPIC": topics["input"],
             "TAGGER_KAFKA__OUTPUT_TOPIC": topics["output"],
             "TAGGER_KAFKA__DLQ_TOPIC": topics["dlq"],
+            "TAGGER_KAFKA__FEEDBACK_TOPIC": topics["feedback"],
+            "TAGGER_KAFKA__REVIEW_TOPIC": topics["review"],
             "TAGGER_KAFKA__GROUP_ID": f"demo-{run_id}",
             "TAGGER_REDIS__URL": cache.url,
             "TAGGER_REDIS__KEY_PREFIX": f"demo:{run_id}:",

@@ -44,6 +44,13 @@ def read_all(bootstrap: str, topic: str, until: Callable[[list[Any]], bool], tim
     return out
 
 
+def worker_topics(suffix: str, partitions: int) -> dict[str, int]:
+    """Every topic a worker of `worker_env(..., suffix)` touches, to create before it starts (Tansu
+    auto-creates a missing topic on any metadata request, and a first send to one can stall)."""
+    one = {f"{kind}-{suffix}": 1 for kind in ("dlq", "fb", "rev")}
+    return {f"in-{suffix}": partitions, f"out-{suffix}": partitions} | one
+
+
 def worker_env(bootstrap: str, redis_url: str, model: Path, suffix: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGER_")}
     env.update(FAST_GROUP)
@@ -53,6 +60,9 @@ def worker_env(bootstrap: str, redis_url: str, model: Path, suffix: str, **extra
             "TAGGER_KAFKA__INPUT_TOPIC": f"in-{suffix}",
             "TAGGER_KAFKA__OUTPUT_TOPIC": f"out-{suffix}",
             "TAGGER_KAFKA__DLQ_TOPIC": f"dlq-{suffix}",
+            # Never the shared defaults: another test's feedback would become this worker's dead letters.
+            "TAGGER_KAFKA__FEEDBACK_TOPIC": f"fb-{suffix}",
+            "TAGGER_KAFKA__REVIEW_TOPIC": f"rev-{suffix}",
             "TAGGER_KAFKA__GROUP_ID": f"g-{suffix}",
             "TAGGER_REDIS__URL": redis_url,
             "TAGGER_REDIS__KEY_PREFIX": f"t-{suffix}:",

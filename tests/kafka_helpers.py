@@ -10,6 +10,17 @@ from scripts.worker_tools import (
     start_worker,
     values,
     worker_env,
+    worker_topics,
 )
 
-__all__ = ["FAST_GROUP", "REPO", "produce", "read_all", "served_worker_env", "start_worker", "values", "worker_env"]
+__all__ = [
+    "FAST_GROUP",
+    "REPO",
+    "produce",
+    "read_all",
+    "served_worker_env",
+    "start_worker",
+    "values",
+    "worker_env",
+    "worker_topics",
+]

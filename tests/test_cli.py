@@ -8,7 +8,7 @@ import sys
 from worker import cli
 
 # Written out, not read from cli.COMMANDS: dropping or renaming a command must fail this test.
-EXPECTED = ["split", "train", "export", "evaluate", "import-base", "predict", "worker", "compare"]
+EXPECTED = ["split", "train", "export", "evaluate", "import-base", "predict", "worker", "compare", "feedback", "review"]
 
 
 def test_help_lists_every_subcommand(capsys) -> None:

@@ -459,7 +459,8 @@ def test_max_replicas_equals_input_partitions(compose: dict) -> None:
 
 def test_kafka_init_creates_every_topic(compose: dict) -> None:
     env = compose["services"]["worker"]["environment"]
-    for key in ("TAGGER_KAFKA__INPUT_TOPIC", "TAGGER_KAFKA__OUTPUT_TOPIC", "TAGGER_KAFKA__DLQ_TOPIC"):
+    topics = ("INPUT", "OUTPUT", "DLQ", "FEEDBACK", "REVIEW")
+    for key in (f"TAGGER_KAFKA__{t}_TOPIC" for t in topics):
         assert _compose_partitions(compose, env[key]) >= 1
 
 

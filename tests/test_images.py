@@ -94,7 +94,7 @@ def test_kafka_init_command_runs_on_the_tansu_standin(tmp_path: Path) -> None:
     expected = {
         m.group(1): int(m.group(2)) for m in re.finditer(r"--topic (\S+) --partitions (\d+)", script)
     }  # fmt: skip
-    assert len(expected) == 3
+    assert len(expected) == 5  # in, tags, dlq, tag-feedback, review
     # /opt/kafka/bin in the stand-in image: the shims and `tansu` on PATH
     bin_dir = tmp_path / "opt" / "kafka" / "bin"
     bin_dir.mkdir(parents=True)

@@ -20,7 +20,7 @@ import pytest
 
 from schemas.events import TagEvent
 from scripts.local_services import create_topics, http_ok, wait_until
-from tests.kafka_helpers import REPO, produce, read_all, served_worker_env, start_worker
+from tests.kafka_helpers import REPO, produce, read_all, served_worker_env, start_worker, worker_topics
 from tests.model_factory import make_rows
 from worker.artifact import load_manifest
 
@@ -59,7 +59,7 @@ def test_model_switches_between_batches_while_streaming_and_a_corrupt_artifact_i
     shutil.copytree(tiny_model, models / "a")
     current = models / "current"
     current.symlink_to(models / "a")
-    create_topics(broker, {f"in-{unique}": 2, f"out-{unique}": 2, f"dlq-{unique}": 1})
+    create_topics(broker, worker_topics(unique, 2))
     rows = make_rows(1500, seed=5)
     stream = [json.dumps({"product_id": f"r-{i}", "title": r["title"] + f" {i}"}).encode() for i, r in enumerate(rows)]
     env, port = served_worker_env(
@@ -137,7 +137,7 @@ def test_shadow_events_reach_only_the_shadow_topic_and_compare_reports_agreement
     broker: str, redis_url: str, tiny_model: Path, second_model: Path, unique: str, tmp_path: Path
 ) -> None:
     live_v, shadow_v = (load_manifest(m).model_version + "-int8" for m in (tiny_model, second_model))
-    create_topics(broker, {f"in-{unique}": 2, f"out-{unique}": 2, f"dlq-{unique}": 1, f"shadow-{unique}": 2})
+    create_topics(broker, worker_topics(unique, 2) | {f"shadow-{unique}": 2})
     rows = make_rows(300, seed=9)
     stream = [json.dumps({"product_id": f"s-{i}", "title": r["title"]}).encode() for i, r in enumerate(rows)]
     env, port = served_worker_env(

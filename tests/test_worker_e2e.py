@@ -14,6 +14,7 @@ import pytest
 
 from schemas.events import DeadLetter, TagEvent
 from scripts.local_services import create_topics, free_port, http_ok, wait_until
+from scripts.worker_tools import worker_topics
 from tests.kafka_helpers import REPO, produce, read_all, served_worker_env, start_worker, values, worker_env
 from tests.model_factory import make_rows
 
@@ -45,7 +46,7 @@ def _wait_http(port: int, path: str, timeout_s: float = 60) -> dict:
 def test_sigkill_mid_stream_loses_nothing(
     broker: str, redis_url: str, tiny_model: Path, unique: str, tmp_path: Path, client: str
 ) -> None:
-    create_topics(broker, {f"in-{unique}": 4, f"out-{unique}": 4, f"dlq-{unique}": 1})
+    create_topics(broker, worker_topics(unique, 4))
     rows = make_rows(3000, seed=11)
     good = [_product(i, r) for i, r in enumerate(rows)]
     stream = good + MALFORMED * 5
@@ -170,7 +171,7 @@ def test_unreachable_kafka_is_retried_not_fatal(
         time.sleep(3)
         assert worker.poll() is None, "the worker must keep retrying, not exit"
         broker = start_tansu(port=kafka_port)
-        create_topics(bootstrap, {f"in-{unique}": 2, f"out-{unique}": 2, f"dlq-{unique}": 1})
+        create_topics(bootstrap, worker_topics(unique, 2))
         produce(bootstrap, f"in-{unique}", [_product(i, r) for i, r in enumerate(make_rows(50, seed=2))])
         out = read_all(bootstrap, f"out-{unique}", lambda m: len(m) >= 50, timeout_s=90)
         assert {json.loads(m.value)["product_id"] for m in out} == {f"prod-{i}" for i in range(50)}

@@ -21,6 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("worker.predict", "offline batch tagging of a JSONL file with ONNX Runtime"),
     "worker": ("worker.main", "run the streaming Kafka worker"),
     "compare": ("worker.compare", "agreement of a shadow model's tag events with the live ones (two topics)"),
+    "feedback": (
+        "worker.feedback_export",
+        "reviewers' decisions (feedback topic) -> training rows (`feedback export`)",
+    ),
+    "review": (
+        "worker.review_page.main",
+        "the review page: items of the review topic, decisions published as feedback",
+    ),
 }
 
 

@@ -59,13 +59,19 @@ def topic_reader(bootstrap: str, topic: str, **config: Any) -> Any:
 
 
 def read_topic(bootstrap: str, topic: str, idle_s: float, max_s: float) -> list[TagEvent]:
+    return [TagEvent.model_validate_json(v) for v in read_values(bootstrap, topic, idle_s, max_s)]
+
+
+def read_values(bootstrap: str, topic: str, idle_s: float, max_s: float) -> list[bytes]:
+    """Every record value of `topic` from the beginning (no group), until `idle_s` without records
+    (Tansu's end offsets are unreliable, so the end is where records stop) or `max_s`."""
     consumer = topic_reader(bootstrap, topic)
-    out: list[TagEvent] = []
+    out: list[bytes] = []
     started = last = time.monotonic()
     try:
         while time.monotonic() - last < idle_s and time.monotonic() - started < max_s:
             for batch in consumer.poll(timeout_ms=500).values():
-                out.extend(TagEvent.model_validate_json(m.value) for m in batch)
+                out.extend(m.value for m in batch if m.value is not None)
                 last = time.monotonic()
     finally:
         consumer.close()

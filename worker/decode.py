@@ -6,14 +6,16 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.events import DeadLetterReason, ProductEvent
 from worker.contract import compose_text
 from worker.settings import LimitSettings
 
+M = TypeVar("M", bound=BaseModel)
 EVENT_NAMESPACE = uuid.UUID("6f1c3c52-8f5e-4d0e-9a57-3a1d5d0c2b11")
 
 
@@ -31,7 +33,8 @@ def decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | I
         return Invalid("schema", f"undecodable: {type(exc).__name__}: {str(exc)[:500]}")
 
 
-def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
+def json_object(raw: bytes | None, limits: LimitSettings) -> dict[str, Any] | Invalid:
+    """Raw value -> a JSON object, or why not (product events and feedback records alike)."""
     if raw is None:
         return Invalid("not_json", "record has no value (tombstone)")
     if len(raw) > limits.max_message_bytes:
@@ -49,13 +52,31 @@ def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | 
         return Invalid("not_json", f"malformed JSON: {exc}")
     if not isinstance(obj, dict):
         return Invalid("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def validation_problem(exc: ValidationError) -> Invalid:
+    kinds = {e["type"] for e in exc.errors()}
+    detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()[:5])
+    reason: DeadLetterReason = "oversized_field" if kinds <= {"string_too_long"} else "schema"
+    return Invalid(reason, detail)
+
+
+def validated(raw: bytes | None, limits: LimitSettings, model: type[M]) -> M | Invalid:
+    """Raw value -> a validated `model` (a product event, a feedback record), or why not."""
+    obj = json_object(raw, limits)
+    if isinstance(obj, Invalid):
+        return obj
     try:
-        event = ProductEvent.model_validate(obj)
+        return model.model_validate(obj)
     except ValidationError as exc:
-        kinds = {e["type"] for e in exc.errors()}
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()[:5])
-        reason: DeadLetterReason = "oversized_field" if kinds <= {"string_too_long"} else "schema"
-        return Invalid(reason, detail)
+        return validation_problem(exc)
+
+
+def _decode_product(raw: bytes | None, limits: LimitSettings) -> ProductEvent | Invalid:
+    event = validated(raw, limits, ProductEvent)
+    if isinstance(event, Invalid):
+        return event
     if not event.title.strip():
         return Invalid("empty_title", "title is blank")
     for field, value, limit in (

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from tokenizers import Tokenizer
 from worker.artifact import ArtifactError, load_manifest
 from worker.candidates import CANDIDATE_WEIGHTS_FILE, CANDIDATES_FILE, CandidateExtractor
 from worker.contract import Manifest, TagRules, fuse, run_bucketed, sigmoid
-from worker.lexical import LexicalChannel
+from worker.evidence import EvidenceSpan, ExplainBasis
+from worker.lexical import LexicalChannel, Trace
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class ProviderUnavailableError(EngineError):
 class Tag:
     tag: str
     score: float
+    evidence: tuple[EvidenceSpan, ...] = ()  # spans of the original title/description (worker/evidence.py)
+    source: str | None = None  # "human": a reviewer's override (worker/overrides.py); None: the model
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class Encoded:
 class Outputs:
     scores: np.ndarray  # sigmoid tag scores [n, labels]
     spans: list[np.ndarray] | None  # span logits per item [tokens, classes], when the model extracts
+    trace: Trace | None = None  # what the lexical channel looked at, when the engine keeps it (evidence)
 
 
 class TagEngine:
@@ -79,6 +84,7 @@ class TagEngine:
         max_items: int = 64,
         max_tokens: int = 8192,
         extract: bool = True,
+        trace_lexical: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify=verify)
@@ -116,6 +122,13 @@ class TagEngine:
         self.candidates = CandidateExtractor.load(self.model_dir) if extract and decisions.candidate_facets else None
         self.rules = TagRules(decisions, extract=bool(self.extract_facets) or self.candidates is not None)
         self.decider = self.rules.decider
+        self.trace_lexical = trace_lexical and self.lexical is not None  # evidence for classified tags
+
+    @cached_property
+    def explain_basis(self) -> ExplainBasis:
+        """Labels, thresholds and the lexical channel, for evidence and the review decision."""
+        d = self.manifest.decisions
+        return ExplainBasis.build(d.labels, d.thresholds, d.single_slots, self.lexical)
 
     @property
     def model_version(self) -> str:
@@ -185,8 +198,9 @@ class TagEngine:
         )
         if self.extract_facets and spans is None:
             spans = [np.zeros((0, 1), dtype=np.float32)] * len(items)
-        lexical = self.lexical.scores([x.text for x in items]) if self.lexical is not None else None
-        return Outputs(fuse(sigmoid(logits), lexical, self.encoder_weight), spans)
+        trace = Trace() if self.trace_lexical else None
+        lexical = self.lexical.scores([x.text for x in items], trace=trace) if self.lexical is not None else None
+        return Outputs(fuse(sigmoid(logits), lexical, self.encoder_weight), spans, trace)
 
     def scores(self, items: list[Encoded]) -> np.ndarray:
         return self.run(items).scores if items else np.zeros((0, len(self.labels)), dtype=np.float32)

@@ -24,7 +24,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -119,6 +119,24 @@ class Featurizer:
         )
 
 
+@dataclass
+class Trace:
+    """What the neighbour channel looked at, chunk by chunk in query order: the query vectors and, per
+    query, its neighbours with their similarities and normalised transfer weights (sum 1)."""
+
+    queries: list[csr_matrix] = field(default_factory=list)
+    neighbours: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def item(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(query columns, query values, neighbour items, similarities, weights) of query `i`."""
+        for query, (top, sims, weights) in zip(self.queries, self.neighbours, strict=True):
+            if i < query.shape[0]:
+                a, b = query.indptr[i], query.indptr[i + 1]
+                return query.indices[a:b], query.data[a:b], top[i], sims[i], weights[i]
+            i -= query.shape[0]
+        return None
+
+
 @dataclass(frozen=True)
 class NeighbourIndex:
     """Label transfer from the nearest training items: cosine similarity of tf-idf vectors (an
@@ -177,19 +195,25 @@ class NeighbourIndex:
         return np.asarray((self.featurizer.matrix(texts) @ self._postings).toarray())
 
     @cached_property
+    def item_rows(self) -> csr_matrix:
+        """[training items, features]: each training item's unit vector (evidence reads neighbours' rows)."""
+        return self._postings.T.tocsr()
+
+    @cached_property
     def _postings(self) -> csr_matrix:
         return csr_matrix((self.values, self.items, self.indptr), shape=(len(self.featurizer), self.n_items))
 
-    def scores(self, texts: Sequence[str], chunk: int = 128) -> np.ndarray:
+    def scores(self, texts: Sequence[str], chunk: int = 128, trace: Trace | None = None) -> np.ndarray:
         """[n, labels] float32 in [0, 1]."""
-        return self.scores_of(self.featurizer.matrix(texts), chunk)
+        return self.scores_of(self.featurizer.matrix(texts), chunk, trace)
 
-    def scores_of(self, x: csr_matrix, chunk: int = 128) -> np.ndarray:
+    def scores_of(self, x: csr_matrix, chunk: int = 128, trace: Trace | None = None) -> np.ndarray:
         """Scores of featurized queries (`Featurizer.matrix`), in chunks (memory grows with chunk x
-        postings)."""
+        postings). `trace` (optional) records the query vectors and neighbours, for evidence
+        (worker/evidence.py)."""
         n = x.shape[0]
         if n > chunk:
-            return np.vstack([self.scores_of(x[i : i + chunk], chunk) for i in range(0, n, chunk)])
+            return np.vstack([self.scores_of(x[i : i + chunk], chunk, trace) for i in range(0, n, chunk)])
         out = np.zeros((n, self.n_labels), dtype=np.float32)
         if not n or not self.n_items:
             return out
@@ -198,6 +222,11 @@ class NeighbourIndex:
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         weight = np.take_along_axis(sims, top, axis=1).clip(min=0.0) ** self.power
         total = weight.sum(axis=1)
+        if trace is not None:
+            trace.queries.append(x)
+            trace.neighbours.append(
+                (top, np.take_along_axis(sims, top, axis=1), weight / np.maximum(total, 1e-12)[:, None])
+            )
         for i in range(n):
             if total[i] <= 0:
                 continue
@@ -378,9 +407,9 @@ class LexicalChannel:
     ) -> LexicalChannel:
         return cls(NeighbourIndex.build(texts, tags, len(labels)), Gazetteer.build(labels, texts, tags), single)
 
-    def scores(self, texts: Sequence[str]) -> np.ndarray:
+    def scores(self, texts: Sequence[str], trace: Trace | None = None) -> np.ndarray:
         x = self.index.featurizer.matrix(texts)  # featurizing is the costly part: once for both
-        out = self.index.scores_of(x)
+        out = self.index.scores_of(x, trace=trace)
         if self.single.any():
             out[:, self.single] = 0.5 * (out[:, self.single] + self.gazetteer.scores(texts)[:, self.single])
         if self.slots is not None and len(texts):

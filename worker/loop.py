@@ -26,17 +26,20 @@ from threading import Event
 from worker.batcher import Batcher
 from worker.cache import Cache
 from worker.clock import Abort, Clock
+from worker.feedback import ApplyFeedback, FeedbackResult
 from worker.health import Health
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.outputs import BuildMessages
+from worker.overrides import ApplyOverrides, OverrideStore
 from worker.publish import FLUSH_SLICE_S, Publish, PublishAborted
 from worker.rebalance import RebalanceEvents
 from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
 from worker.reload import ModelHolder
+from worker.review_queue import RouteReview
 from worker.settings import BatchingSettings, KafkaSettings, ShutdownSettings, WorkerSettings
 from worker.shadow import ShadowRun
-from worker.tagging import CacheLookup, Engine, TagBatch, Tagged
+from worker.tagging import CacheLookup, Engine, Explain, TagBatch, Tagged
 from worker.transport import CommitRejected, ConsumedRecord, Consumer, Publisher, TopicPartition, TransportError
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ COMMIT_BACKOFF_MAX_S = 5.0  # a failed commit is retried at most this far apart 
 OFFLINE_POLL_MAX_S = 1.0  # while the cluster is unreachable, poll at least this often (quick recovery)
 EXIT_MARGIN_S = 0.75  # of the drain budget, left for the process to exit after the loop stops
 LAG_INTERVAL_S = 5.0
+FEEDBACK_QUEUE_BATCHES = 2  # feedback records queued at most: this many feedback batches
 
 
 Item = Valid | Tagged | Rejected  # what a batch carries: to infer, already tagged (cache hit), or dead
@@ -72,9 +76,11 @@ class RunBatch:
         metrics: Metrics,
         wall_clock: Callable[[], float] = time.time,
         shadow: ShadowRun | None = None,
+        overrides: ApplyOverrides | None = None,
+        review: RouteReview | None = None,
     ) -> None:
         self.tag, self.build, self.publish, self.metrics, self.wall_clock = tag, build, publish, metrics, wall_clock
-        self.shadow = shadow
+        self.shadow, self.overrides, self.review = shadow, overrides, review
 
     def __call__(self, batch: list[Item], engine: Engine | None = None) -> BatchResult:
         """`engine`: the model the batch was prepared with (cache lookups, tokens); None: the steps' own."""
@@ -87,9 +93,17 @@ class RunBatch:
         m.batch_size.observe(len(batch))
         tagged = iter(self.tag([d for d in batch if isinstance(d, Valid)], engine))
         outcomes: list[Tagged | Rejected] = [next(tagged) if isinstance(d, Valid) else d for d in batch]
+        model = engine or self.tag.engine
+        basis = model.explain_basis
+        settled: dict[str, set[str]] = {}
+        if self.overrides is not None:  # human corrections, before anything is built from the tags
+            outcomes, settled = self.overrides(outcomes, basis.single_slots if basis is not None else frozenset())
         with m.timed("serialize"):
             now = self.wall_clock()
             messages = self.build(outcomes, now, engine)
+        if self.review is not None:  # published and acknowledged with the tag events, before the commit
+            with m.timed("review"):
+                messages += self.review(outcomes, basis, settled, now, model)
         if self.shadow is not None:  # its events go to its own topic, published and committed with the batch
             messages += self.shadow(outcomes, now, waited)
         self.publish(messages)
@@ -103,6 +117,13 @@ class RunBatch:
                 m.end_to_end.observe(max(0.0, acked - o.record.source.timestamp_ms / 1000))
         m.produced.inc(len(outcomes) - dead)  # live events only: shadow events are counted by the shadow
         return BatchResult(len(outcomes) - dead, sum(1 for o in outcomes if isinstance(o, Tagged) and o.cached), dead)
+
+
+def _first_offsets(records: list[ConsumedRecord]) -> dict[TopicPartition, int]:
+    first: dict[TopicPartition, int] = {}
+    for r in records:
+        first.setdefault(r.tp, r.offset)
+    return first
 
 
 def _in(partitions: frozenset[TopicPartition], item: Item) -> bool:
@@ -128,6 +149,9 @@ class Loop:
         clock: Clock,
         executor: Executor | None = None,
         models: ModelHolder | None = None,
+        feedback: Callable[[list[ConsumedRecord]], FeedbackResult] | None = None,
+        feedback_executor: Executor | None = None,
+        feedback_batch: int = 500,
     ) -> None:
         self.connect, self.kafka, self.batching = connect, kafka, batching
         self.drain_timeout_s = shutdown.drain_timeout_s
@@ -136,6 +160,15 @@ class Loop:
         self.metrics, self.health, self.stop, self.abort, self.clock = metrics, health, stop, abort, clock
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self.models = models  # None: a fixed model (the steps' own engine)
+        # Feedback records (worker/feedback.py) take their own path: one batch at a time on their own
+        # thread (a Redis outage retries there without holding up tagging), tracked and committed
+        # like any batch. None: the feedback topic is not consumed.
+        self.feedback, self.feedback_batch = feedback, feedback_batch
+        self.feedback_executor = feedback_executor or (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback") if feedback is not None else None
+        )
+        self.feedback_queue: list[ConsumedRecord] = []
+        self.feedback_ids: set[int] = set()  # in-flight feedback batches (at most one: decisions stay in order)
         self.batcher: Batcher[Valid] = Batcher(
             batching.max_items, batching.max_tokens, batching.max_wait_ms / 1000, now=clock.now
         )
@@ -172,7 +205,8 @@ class Loop:
         while not self.stop.is_set():
             try:
                 consumer = self.connect()
-                consumer.subscribe([self.kafka.input_topic], self.events)
+                topics = [self.kafka.input_topic] + ([self.kafka.feedback_topic] if self.feedback is not None else [])
+                consumer.subscribe(topics, self.events)
             except TransportError as exc:
                 self.health.kafka_ok = False
                 self.health.last_tick = self.clock.now()  # alive and retrying: liveness must not restart us
@@ -191,6 +225,7 @@ class Loop:
         self._commit()
         self._switch_model()
         self._submit_due()
+        self._submit_feedback()
         self._backpressure()
         self._poll()
         self._tick()
@@ -206,12 +241,29 @@ class Loop:
             self.inferring.add(batch_id)
         self.metrics.in_flight.set(len(self.in_flight))
 
+    def _tag_batches(self) -> int:
+        return len(self.in_flight) - len(self.feedback_ids)
+
+    def _submit_feedback(self) -> None:
+        if self.feedback is None or self.feedback_ids or not self.feedback_queue or self.feedback_executor is None:
+            return
+        batch = self.feedback_queue[: self.feedback_batch]
+        self.feedback_queue = self.feedback_queue[self.feedback_batch :]
+        batch_id = self.tracker.open((r.tp, r.offset) for r in batch)
+        self.in_flight[batch_id] = self.feedback_executor.submit(self._run_feedback, batch)
+        self.feedback_ids.add(batch_id)
+
+    def _run_feedback(self, records: list[ConsumedRecord]) -> BatchResult:
+        assert self.feedback is not None
+        result = self.feedback(records)
+        return BatchResult(0, 0, result.dead)
+
     def _submit_due(self) -> None:
         b = self.batching
-        if self.ready and len(self.in_flight) < b.max_in_flight:
+        if self.ready and self._tag_batches() < b.max_in_flight:
             ready, self.ready = self.ready, []
             self._submit(list(ready))
-        while len(self.in_flight) < b.max_in_flight and self.batcher.due(
+        while self._tag_batches() < b.max_in_flight and self.batcher.due(
             idle=b.adaptive and not self.inferring.intersection(self.in_flight)
         ):
             self._submit(list(self.batcher.take()))
@@ -236,6 +288,7 @@ class Loop:
                 continue
             del self.in_flight[batch_id]
             self.inferring.discard(batch_id)
+            self.feedback_ids.discard(batch_id)
             exc = fut.exception()
             if exc is None:
                 result = fut.result()
@@ -296,8 +349,11 @@ class Loop:
         flag of partitions that survive a rebalance, so a flag set before one must be cleared."""
         assert self.consumer is not None
         b = self.batching
-        full = len(self.in_flight) >= b.max_in_flight and max(len(self.batcher), len(self.ready)) >= b.max_items
+        full = self._tag_batches() >= b.max_in_flight and max(len(self.batcher), len(self.ready)) >= b.max_items
         assigned = self.consumer.assignment()
+        # All or nothing, feedback partitions included: with kafka-python (on Tansu) pausing one
+        # topic's partitions while another's were fetched stalled a resumed partition for good.
+        # The feedback queue is bounded in `_poll` instead (records over its cap are read again).
         want = assigned if full else set()
         paused = self.consumer.paused() & assigned
         if want - paused:
@@ -313,7 +369,7 @@ class Loop:
         # room bounded) instead of spinning against ONNX Runtime's threads. Never poll(0) then:
         # kafka-python completes a group rejoin only inside poll's time, and a member that cannot
         # rejoin stalls the whole group's rebalance.
-        if len(self.in_flight) < self.batching.max_in_flight and (left := self.batcher.time_left()) is not None:
+        if self._tag_batches() < self.batching.max_in_flight and (left := self.batcher.time_left()) is not None:
             timeout_s = min(timeout_s, left)
         room = max(1, self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher) - len(self.ready))
         try:
@@ -354,6 +410,16 @@ class Loop:
                 self.consumer.seek(tp, offset)
             else:
                 self.rewind[tp] = min(self.rewind.get(tp, offset), offset)
+        if self.feedback is not None:
+            feedback = [r for r in keep if r.topic == self.kafka.feedback_topic]
+            keep = [r for r in keep if r.topic != self.kafka.feedback_topic]
+            if len(self.feedback_queue) >= FEEDBACK_QUEUE_BATCHES * self.feedback_batch:
+                for tp, offset in _first_offsets(feedback).items():  # full: read them again later
+                    self.consumer.seek(tp, offset)
+                feedback = []
+            for r in feedback:
+                self.tracker.seen(r.tp, r.offset)
+            self.feedback_queue += feedback
         for r in keep:
             self.tracker.seen(r.tp, r.offset)
         self._prepare(keep)
@@ -399,6 +465,7 @@ class Loop:
             self.rewind.update(self.tracker.forget(partitions))
             self.batcher.drop(partial(_in, partitions))
             self.ready = [i for i in self.ready if not _in(partitions, i)]
+            self.feedback_queue = [r for r in self.feedback_queue if r.tp not in partitions]
             fenced |= partitions
         return fenced, rewound
 
@@ -415,7 +482,8 @@ class Loop:
     def _report_lag(self) -> None:
         """Highwater minus the committed offset: consumed-but-uncommitted records count as lag."""
         assert self.consumer is not None
-        assigned = self.consumer.assignment()
+        # The gauge is labelled by partition only: it reports the input topic (feedback is tiny).
+        assigned = {tp for tp in self.consumer.assignment() if tp.topic == self.kafka.input_topic}
         unknown = [tp for tp in assigned if self.tracker.last_committed(tp) is None and tp not in self.remote_committed]
         if unknown:
             try:
@@ -462,6 +530,8 @@ class Loop:
         self._reap()
         self._commit(force=True, timeout_s=share(0.4))
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.feedback_executor is not None:
+            self.feedback_executor.shutdown(wait=False, cancel_futures=True)
         if self.consumer is not None:
             try:
                 self.consumer.close(timeout_s=share(0.5))
@@ -496,23 +566,33 @@ def build_loop(
     health: Health | None = None,
     executor: Executor | None = None,
     shadow: ShadowRun | None = None,
+    overrides: OverrideStore | None = None,
+    feedback_executor: Executor | None = None,
     wall_clock: Callable[[], float] = time.time,
 ) -> Loop:
     """The poll loop and its steps, each given its own settings section. `engine` is a fixed model,
     or a `ModelHolder` that the loop switches between batches on a hot reload. Fresh metrics and
     health (with `cache` to probe) unless given; the loop's `stop` and `abort` are new, for the
-    caller's signal handlers."""
+    caller's signal handlers. `overrides` (human corrections, worker/overrides.py): applied to every
+    tag event, and the feedback topic is consumed into them; None: model-only tags, no feedback."""
     metrics = metrics or Metrics(now=clock.now)
     health = health or Health(cache=cache)
-    abort, k, prefix = Abort(clock), settings.kafka, settings.redis.key_prefix
+    stop, abort, k, prefix = Event(), Abort(clock), settings.kafka, settings.redis.key_prefix
+    review = settings.review
     run_batch = RunBatch(
-        TagBatch(engine, cache, prefix, metrics),
+        TagBatch(engine, cache, prefix, metrics, Explain(settings.evidence, review.margin if review.enabled else 0.0)),
         BuildMessages(k, engine, settings.limits),
         Publish(publisher, k, metrics, health, abort, clock),
         metrics,
         wall_clock=wall_clock,
         shadow=shadow,
+        overrides=ApplyOverrides(overrides, metrics) if overrides is not None else None,
+        review=RouteReview(review, k.review_topic, metrics) if review.enabled else None,
     )
+    feedback = None
+    if overrides is not None:  # its own Publish: feedback batches run on their own thread
+        publish = Publish(publisher, k, metrics, health, abort, clock)
+        feedback = ApplyFeedback(overrides, publish, k, settings.limits, metrics, abort, stop)
     return Loop(
         connect,
         k,
@@ -525,9 +605,12 @@ def build_loop(
         publisher,
         metrics,
         health,
-        Event(),
+        stop,
         abort,
         clock,
         executor=executor,
         models=engine if isinstance(engine, ModelHolder) else None,
+        feedback=feedback,
+        feedback_executor=feedback_executor,
+        feedback_batch=settings.feedback.max_items,
     )

@@ -39,6 +39,7 @@ def build_engine(s: WorkerSettings, path: Path | None = None) -> TagEngine:
         verify=s.model.verify_hashes,
         max_items=s.batching.max_items,
         max_tokens=s.batching.max_tokens,
+        trace_lexical=s.evidence.enabled,
     )
 
 
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from worker.health import Health, serve
     from worker.loop import build_loop
     from worker.metrics import Metrics
+    from worker.overrides import RedisOverrides
     from worker.reload import ModelHolder, Watcher
     from worker.shadow import ShadowRun
 
@@ -106,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
         )
         watcher.start()
     cache: Cache = NoCache()
+    store: RedisOverrides | None = None
     if settings.redis.enabled:
         r = settings.redis
-        cache = RedisCache.from_url(
+        cache = redis_cache = RedisCache.from_url(
             r.url,
             password=r.password.get_secret_value() if r.password else None,
             timeout_s=r.timeout_s,
@@ -117,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
             retry_interval_s=r.retry_interval_s,
         )
         health.cache = cache
+        if settings.feedback.enabled:  # the same client (a thread-safe pool): overrides live beside the cache
+            store = RedisOverrides(redis_cache.client, r.key_prefix, metrics, r.retry_interval_s)
+    elif settings.feedback.enabled:
+        log.warning(
+            "feedback needs Redis (TAGGER_REDIS__ENABLED=false): %s is not consumed", settings.kafka.feedback_topic
+        )
     server = serve(settings.http.host, settings.http.port, health, metrics) if settings.http.port else None
     k = settings.kafka
     # Two transports behind the same Protocols (worker/transport.py); README: which to pick when.
@@ -128,7 +137,16 @@ def run(args: argparse.Namespace) -> int:
         shadow = ShadowRun(shadow_engine, settings.shadow.output_topic, settings.shadow.budget_ms / 1000, metrics)
         metrics.model_info.labels(shadow_engine.model_version, "shadow").set(1)
     loop = build_loop(
-        settings, models, cache, lambda: connect(k), publisher, clock, metrics=metrics, health=health, shadow=shadow
+        settings,
+        models,
+        cache,
+        lambda: connect(k),
+        publisher,
+        clock,
+        metrics=metrics,
+        health=health,
+        shadow=shadow,
+        overrides=store,
     )
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -22,6 +22,10 @@ STAGES = (
     "produce",
     "commit",
     "shadow",
+    "evidence",
+    "overrides",
+    "review",
+    "feedback",
 )
 JACCARD_BUCKETS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.999, 1.0)
 
@@ -98,6 +102,23 @@ class Metrics:
             "tagger_shadow_skipped_batches", "Batches not shadowed (over budget).", registry=r
         )
         self.shadow_failures = Counter("tagger_shadow_failures", "Batches the shadow model failed on.", registry=r)
+
+        # human review loop (issue 13): tag events sent without overrides because Redis was unavailable
+        self.overrides_unavailable = Counter(
+            "tagger_overrides_unavailable", "Tag events sent model-only (Redis overrides unavailable).", registry=r
+        )
+        # tag events of products that have overrides (rejected / added / accepted tags applied)
+        self.overrides_applied = Counter("tagger_overrides_applied", "Tag events with human overrides.", registry=r)
+        # items also published to the review topic, by reason (an item with several reasons counts once per reason)
+        self.review_routed = Counter(
+            "tagger_review_routed", "Items routed to review, by reason.", ["reason"], registry=r
+        )
+        # tagged items considered for review (the denominator of the routed share)
+        self.review_considered = Counter("tagger_review_considered", "Tagged items checked for review.", registry=r)
+        # feedback records consumed, by outcome (applied, or a dead-letter reason)
+        self.feedback = Counter("tagger_feedback_records", "Feedback records, by outcome.", ["outcome"], registry=r)
+        # attempts to write feedback overrides that failed (Redis unavailable; retried, not committed)
+        self.feedback_retries = Counter("tagger_feedback_retries", "Failed feedback override writes.", registry=r)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

@@ -8,7 +8,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -41,8 +41,17 @@ def tag_event(
     return _TagEvents(model_version, tagged_at, topic, taxonomy_version)(t)
 
 
+def _tag_dict(x: Tag) -> dict[str, Any]:
+    d: dict[str, Any] = {"tag": x.tag, "score": float(min(1.0, max(0.0, x.score)))}
+    if x.evidence:  # optional fields (issue 13): absent rather than null, so events stay as small as before
+        d["evidence"] = [{"field": e.field, "start": e.start, "end": e.end, "text": e.text} for e in x.evidence]
+    if x.source is not None:
+        d["source"] = x.source
+    return d
+
+
 def _tags_json(tags: list[Tag]) -> bytes:
-    return orjson.dumps([{"tag": x.tag, "score": float(min(1.0, max(0.0, x.score)))} for x in tags])
+    return orjson.dumps([_tag_dict(x) for x in tags])
 
 
 # The tag event's JSON (schemas/events.py TagEvent) with its fields in a fixed order, filled per event
@@ -179,3 +188,29 @@ class BuildMessages:
             else dead_letter(o, stamp, self.dlq_topic, self.max_value_bytes, self.max_key_bytes)
             for o in outcomes
         ]
+
+
+def review_item(t: Tagged, reasons: list[dict[str, Any]], model: ModelId, tagged_at: str, topic: str) -> OutMessage:
+    """A `ReviewItem` (schemas/events.py): the tag event's fields, the text, the reasons, the near misses."""
+    r, product, src = t.record, t.record.product, t.record.source
+    pid = product.product_id
+    value = orjson.dumps(
+        {
+            "event_id": event_id(pid, r.chash, model.model_version),
+            "product_id": pid,
+            "tags": [_tag_dict(x) for x in t.tags],
+            "model_version": model.model_version,
+            "taxonomy_version": model.taxonomy_version,
+            "content_hash": r.chash,
+            "tagged_at": tagged_at,
+            "cached": t.cached,
+            "source_topic": src.topic,
+            "source_partition": src.partition,
+            "source_offset": src.offset,
+            "title": product.title,
+            "description": product.description,
+            "reasons": reasons,
+            "candidates": [_tag_dict(x) for x in t.candidates],
+        }
+    )
+    return OutMessage(topic, pid.encode(), value, src, tagged=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from worker.artifact import MANIFEST
 from worker.engine import Encoded, Outputs, Tag
+from worker.evidence import ExplainBasis
 from worker.metrics import Metrics
 from worker.tagging import Engine
 
@@ -54,6 +55,10 @@ class ModelHolder:
 
     def decode(self, items: list[Encoded], outputs: Outputs) -> list[list[Tag]]:
         return self._current.decode(items, outputs)
+
+    @property
+    def explain_basis(self) -> ExplainBasis | None:
+        return self._current.explain_basis
 
     def offer(self, engine: Engine) -> None:
         """From the loading thread: a verified, loaded engine to switch to at the next batch boundary."""

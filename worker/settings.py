@@ -29,6 +29,10 @@ class KafkaSettings(_Section):
     input_topic: str = Field("products.new", description="Topic of product events to tag.")
     output_topic: str = Field("products.tags", description="Topic the tag events are published to.")
     dlq_topic: str = Field("products.dlq", description="Dead-letter topic for malformed product events.")
+    feedback_topic: str = Field(
+        "products.tag-feedback", description="Reviewers' accept/reject/add decisions, consumed into Redis overrides."
+    )
+    review_topic: str = Field("products.review", description="Uncertain items for human review (ReviewItem).")
     group_id: str = Field("product-tagger", description="Consumer group; replicas share the input partitions.")
     client_id: str = Field("product-tagger", description="Kafka client id (shows up in broker logs/quotas).")
     client: Literal["kafka-python", "confluent"] = Field(
@@ -159,6 +163,37 @@ class ShadowSettings(_Section):
     )
 
 
+class EvidenceSettings(_Section):
+    enabled: bool = Field(True, description="Add evidence (spans of the title/description) to every tag.")
+    max_spans: int = Field(3, ge=1, le=20, description="Evidence spans per tag, strongest first.")
+
+
+class ReviewSettings(_Section):
+    enabled: bool = Field(True, description="Also publish uncertain items to the review topic.")
+    margin: float = Field(
+        0.1, ge=0.0, le=1.0, description="A tag whose score is within this of its threshold routes the item to review."
+    )
+    near_misses: bool = Field(
+        False,
+        description="Also route items with a label within the margin below its threshold (measured: many more "
+        "items; see README). Near misses are offered as candidates either way.",
+    )
+    empty_facet_share: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="A single-valued facet carried by at least this share of training items is expected: "
+        "an item without it goes to review (1.0: never).",
+    )
+
+
+class FeedbackSettings(_Section):
+    enabled: bool = Field(
+        True, description="Consume the feedback topic into Redis overrides and apply them (needs Redis)."
+    )
+    max_items: int = Field(500, ge=1, le=10_000, description="Feedback records written to Redis per round trip.")
+
+
 class BatchingSettings(_Section):
     max_items: int = Field(64, ge=1, le=4_096, description="Close a micro-batch at this many products.")
     max_tokens: int = Field(8_192, ge=16, description="Token budget of one inference call (padded batch x sequence).")
@@ -208,8 +243,27 @@ class ShutdownSettings(_Section):
     )
 
 
+class ReviewPageSettings(_Section):
+    host: str = Field(
+        "127.0.0.1", description="Bind address of the review page (`tagger review`; it has no login: keep it local)."
+    )
+    port: int = Field(8090, ge=0, le=65_535, description="Port of the review page (0: any free port).")
+    group_id: str = Field(
+        "product-tagger-review",
+        description="Consumer group of the page; it never commits, so every start replays both topics.",
+    )
+    reviewer: str | None = Field(None, description="Reviewer name pre-filled on the page (editable there).")
+    max_items: int = Field(
+        5_000, ge=1, le=1_000_000, description="Products kept in memory by the page (latest item each, oldest dropped)."
+    )
+    publish_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Wait this long for a decision to be acknowledged before showing an error."
+    )
+
+
 class WorkerSettings(BaseSettings):
-    """Everything `tagger worker` can be told; see the README's generated table."""
+    """Everything the `tagger worker` and `tagger review` processes can be told; see the README's
+    generated table."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED, frozen=True, extra="forbid")
 
@@ -217,11 +271,15 @@ class WorkerSettings(BaseSettings):
     redis: RedisSettings = Field(RedisSettings(), description="Result cache.")
     model: ModelSettings = Field(ModelSettings(), description="Model artifact and runtime.")
     shadow: ShadowSettings = Field(ShadowSettings(), description="Optional shadow (candidate) model.")
+    evidence: EvidenceSettings = Field(EvidenceSettings(), description="Evidence spans on tags.")
+    review: ReviewSettings = Field(ReviewSettings(), description="Review queue.")
+    feedback: FeedbackSettings = Field(FeedbackSettings(), description="Human corrections (overrides).")
     batching: BatchingSettings = Field(BatchingSettings(), description="Micro-batching.")
     limits: LimitSettings = Field(LimitSettings(), description="Input bounds.")
     http: HttpSettings = Field(HttpSettings(), description="Health and metrics endpoint.")
     log: LogSettings = Field(LogSettings(), description="Logging.")
     shutdown: ShutdownSettings = Field(ShutdownSettings(), description="Graceful drain.")
+    review_page: ReviewPageSettings = Field(ReviewPageSettings(), description="The review page (`tagger review`).")
 
     @model_validator(mode="after")
     def _shadow_topic_apart(self) -> WorkerSettings:

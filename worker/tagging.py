@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import orjson
 
@@ -19,8 +19,18 @@ from worker.batcher import padded_tokens
 from worker.cache import Cache
 from worker.decode import Invalid, cache_key
 from worker.engine import Encoded, Outputs, Tag
+from worker.evidence import (
+    EvidenceSpan,
+    ExplainBasis,
+    fields_of,
+    near_misses,
+    neighbourhood,
+    rebase,
+    tag_evidence,
+)
 from worker.metrics import Metrics
 from worker.records import Parsed, Rejected, Valid, where
+from worker.settings import EvidenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +54,103 @@ class Engine(Protocol):
 
     def decode(self, items: list[Encoded], outputs: Outputs) -> list[list[Tag]]: ...
 
+    @property
+    def explain_basis(self) -> ExplainBasis | None:
+        """Labels, thresholds, lexical channel (evidence, review); None: a model without them."""
+
 
 @dataclass(frozen=True)
 class Tagged:
     record: Parsed
     tags: list[Tag]
     cached: bool
+    candidates: list[Tag] = field(default_factory=list)  # near misses below threshold (review)
 
 
-def tags_to_cache(tags: list[Tag]) -> bytes:
-    return orjson.dumps([[t.tag, float(t.score)] for t in tags])
+# Cache entries: `[[tag, score], ...]` (the first format, still written when there is nothing more),
+# `[tag, score, [[field, start, end, text], ...]]` for a tag with evidence, and
+# `{"tags": [...], "candidates": [...]}` when the item has near misses. A reader of the first format
+# takes the newer ones for corrupt entries, i.e. misses (a rolling upgrade re-infers them once).
+def _entry(t: Tag) -> list[Any]:
+    if not t.evidence:
+        return [t.tag, float(t.score)]
+    return [t.tag, float(t.score), [[e.field, e.start, e.end, e.text] for e in t.evidence]]
+
+
+def _tag(e: Sequence[Any]) -> Tag:
+    if len(e) == 2:
+        return Tag(str(e[0]), float(e[1]))
+    spans = tuple([EvidenceSpan(f, a, b, x) for f, a, b, x in e[2]])
+    if not all(type(sp.start) is int and type(sp.end) is int and type(sp.text) is str for sp in spans):
+        raise TypeError("evidence span of the wrong types")  # a corrupt entry: a miss
+    return Tag(str(e[0]), float(e[1]), spans)
+
+
+def tags_to_cache(tags: list[Tag], candidates: Sequence[Tag] = ()) -> bytes:
+    body = [_entry(t) for t in tags]
+    if not candidates:
+        return orjson.dumps(body)
+    return orjson.dumps({"tags": body, "candidates": [_entry(t) for t in candidates]})
+
+
+def result_from_cache(raw: bytes) -> tuple[list[Tag], list[Tag]] | None:
+    """(tags, candidates); None for anything that is not our format: a corrupt entry is a miss."""
+    try:
+        obj = orjson.loads(raw)
+        if isinstance(obj, dict):
+            return [_tag(e) for e in obj["tags"]], [_tag(e) for e in obj.get("candidates", [])]
+        return [_tag(e) for e in obj], []
+    except (ValueError, TypeError, KeyError, IndexError):  # orjson.JSONDecodeError is a ValueError
+        return None
 
 
 def tags_from_cache(raw: bytes) -> list[Tag] | None:
-    """None for anything that is not our format: a corrupt entry is a miss, never an error."""
-    try:
-        return [Tag(str(t), float(s)) for t, s in orjson.loads(raw)]
-    except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
-        return None
+    result = result_from_cache(raw)
+    return None if result is None else result[0]
+
+
+def _rebased(tags: list[Tag], r: Parsed) -> list[Tag]:
+    """A cache entry is shared by every product with the same model text (whitespace collapsed):
+    its evidence spans are checked against this product's own fields, and moved where they differ."""
+    p = r.product
+    ok = all(
+        (p.title if e.field == "title" else p.description or "")[e.start : e.end] == e.text
+        for t in tags
+        for e in t.evidence
+    )
+    return tags if ok else [replace(t, evidence=rebase(t.evidence, p.title, p.description)) for t in tags]
+
+
+Annotated = tuple[list[Tag], list[Tag]]  # an item's tags (with evidence) and its near misses
+
+
+class Explain:
+    """After inference, on the batch thread: evidence for every tag (`worker/evidence.py`) and each
+    item's near misses (labels within the review margin below their thresholds)."""
+
+    def __init__(self, evidence: EvidenceSettings, margin: float) -> None:
+        self.enabled, self.max_spans, self.margin = evidence.enabled, evidence.max_spans, margin
+
+    def __call__(
+        self, engine: Engine, items: Sequence[Parsed], outputs: Outputs, tags: list[list[Tag]]
+    ) -> list[Annotated]:
+        basis = engine.explain_basis
+        out: list[Annotated] = []
+        for i, (r, served) in enumerate(zip(items, tags, strict=True)):
+            near = near_misses(basis, outputs.scores[i], {t.tag for t in served}, self.margin) if basis else []
+            if not self.enabled:
+                out.append((served, [Tag(c, round(s, 4)) for c, s in near]))
+                continue
+            fields = fields_of(r.product.title, r.product.description)
+            around = neighbourhood(basis, outputs.trace.item(i) if outputs.trace is not None else None)
+
+            def ev(tag: str, lexical: bool = True) -> tuple[EvidenceSpan, ...]:
+                # Near misses get value spans only: their lexical evidence cost ~25% of the whole (bench).
+                return tag_evidence(tag, fields, basis, around if lexical else None, self.max_spans)  # noqa: B023
+
+            explained = [replace(t, evidence=ev(t.tag)) for t in served]
+            out.append((explained, [Tag(c, round(s, 4), ev(c, lexical=False)) for c, s in near]))
+        return out
 
 
 def _unique(items: list[Parsed]) -> dict[str, int]:
@@ -87,14 +176,15 @@ class CacheLookup:
         keys = [cache_key(self.key_prefix, version, h) for h in first]
         with self.metrics.timed("cache_get"):
             raw = self.cache.get_many(keys)
-        found = {h: tags_from_cache(v) for h, v in zip(first, raw, strict=True) if v is not None}
+        found = {h: result_from_cache(v) for h, v in zip(first, raw, strict=True) if v is not None}
         hits, misses = [], []
         for r in items:
-            tags = found.get(r.chash)
-            if tags is None:
+            result = found.get(r.chash)
+            if result is None:
                 misses.append(r)
             else:
-                hits.append(Tagged(r, tags, cached=True))
+                tags, near = result
+                hits.append(Tagged(r, _rebased(tags, r), cached=True, candidates=_rebased(near, r)))
         self.metrics.cache_hits.inc(len(hits))
         self.metrics.cache_misses.inc(len(misses))
         return hits, misses
@@ -104,8 +194,11 @@ class TagBatch:
     """Infer a batch of cache misses (each distinct text once) and fill the cache. The loop passes
     the engine the batch was prepared with (a hot reload switches engines between batches)."""
 
-    def __init__(self, engine: Engine, cache: Cache, key_prefix: str, metrics: Metrics) -> None:
+    def __init__(
+        self, engine: Engine, cache: Cache, key_prefix: str, metrics: Metrics, explain: Explain | None = None
+    ) -> None:
         self.engine, self.cache, self.key_prefix, self.metrics = engine, cache, key_prefix, metrics
+        self.explain = explain
 
     def __call__(self, batch: list[Valid], engine: Engine | None = None) -> list[Tagged | Rejected]:
         if not batch:
@@ -115,7 +208,7 @@ class TagBatch:
         unique = [batch[i] for i in first.values()]
         inferred = dict(zip(first, self._infer(unique, engine), strict=True))
         fresh = {
-            cache_key(self.key_prefix, engine.model_version, h): tags_to_cache(t)
+            cache_key(self.key_prefix, engine.model_version, h): tags_to_cache(*t)
             for h, t in inferred.items()
             if not isinstance(t, Invalid)
         }
@@ -128,10 +221,10 @@ class TagBatch:
             if isinstance(result, Invalid):
                 out.append(Rejected(r.source, r.received, result))
             else:
-                out.append(Tagged(r, result, cached=False))
+                out.append(Tagged(r, result[0], cached=False, candidates=result[1]))
         return out
 
-    def _infer(self, items: list[Valid], engine: Engine) -> list[list[Tag] | Invalid]:
+    def _infer(self, items: list[Valid], engine: Engine) -> list[Annotated | Invalid]:
         encoded = [r.encoded for r in items]
         self.metrics.batch_tokens.observe(padded_tokens(max(len(e) for e in encoded), len(encoded)))
         started = self.metrics.now()
@@ -142,13 +235,24 @@ class TagBatch:
         self.metrics.inference.observe(self.metrics.now() - started)
         return results
 
-    def _bisect(self, items: list[Valid], engine: Engine) -> list[list[Tag] | Invalid]:
+    def _bisect(self, items: list[Valid], engine: Engine) -> list[Annotated | Invalid]:
         encoded = [r.encoded for r in items]
         try:
-            return list(engine.decode(encoded, engine.run(encoded)))
+            outputs = engine.run(encoded)
+            tags = list(engine.decode(encoded, outputs))
         except Exception as exc:
             if len(items) == 1:
                 log.warning("inference failed on %s: %s: %s", where(items[0].source), type(exc).__name__, exc)
                 return [Invalid("inference_failed", f"{type(exc).__name__}: {str(exc)[:1000]}")]
             half = len(items) // 2
             return self._bisect(items[:half], engine) + self._bisect(items[half:], engine)
+        return list(self._annotate(engine, items, outputs, tags))
+
+    def _annotate(self, engine: Engine, items: list[Valid], outputs: Outputs, tags: list[list[Tag]]) -> list[Annotated]:
+        if self.explain is not None:
+            try:
+                with self.metrics.timed("evidence"):
+                    return self.explain(engine, items, outputs, tags)
+            except Exception as exc:  # evidence is an extra: never a reason to lose the tags
+                log.warning("evidence failed on a batch of %d: %s: %s", len(items), type(exc).__name__, exc)
+        return [(t, []) for t in tags]

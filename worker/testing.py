@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from schemas.events import TagFeedback
 from worker import transport
 from worker.engine import Encoded, Outputs, Tag
+from worker.overrides import Override, OverridesUnavailable
 from worker.transport import ConsumedRecord, Delivery, RebalanceListener, TopicPartition
 
 
@@ -42,10 +44,11 @@ class FakeConsumer:
     next poll, eager-style like kafka-python: revoke everything, then assign the new set; a partition
     kept across it keeps its position and paused flag, a new one starts at its committed offset."""
 
-    def __init__(self, topic: str, partitions: int = 1) -> None:
+    def __init__(self, topic: str, partitions: int = 1, others: Mapping[str, int] | None = None) -> None:
+        """`others`: further topics (name -> partitions) the consumer may subscribe to, e.g. feedback."""
         self.topic = topic
         self.logs: dict[TopicPartition, list[ConsumedRecord]] = {
-            TopicPartition(topic, p): [] for p in range(partitions)
+            TopicPartition(t, p): [] for t, n in {topic: partitions, **(others or {})}.items() for p in range(n)
         }
         self.positions: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
@@ -67,9 +70,12 @@ class FakeConsumer:
     def tp(self, partition: int = 0) -> TopicPartition:
         return TopicPartition(self.topic, partition)
 
-    def produce(self, value: bytes | None, partition: int = 0, key: bytes | None = None, ts: int = 0) -> int:
-        log = self.logs[self.tp(partition)]
-        log.append(ConsumedRecord(self.topic, partition, len(log), key, value, ts or None))
+    def produce(
+        self, value: bytes | None, partition: int = 0, key: bytes | None = None, ts: int = 0, topic: str | None = None
+    ) -> int:
+        topic = topic or self.topic
+        log = self.logs[TopicPartition(topic, partition)]
+        log.append(ConsumedRecord(topic, partition, len(log), key, value, ts or None))
         return len(log) - 1
 
     def rebalance(self, assignment: Collection[TopicPartition] | None = None, lost: bool = False) -> None:
@@ -91,7 +97,9 @@ class FakeConsumer:
 
     # -- the Protocol ---------------------------------------------------------------------------
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
-        assert list(topics) == [self.topic]
+        assert topics[0] == self.topic and set(topics) <= {tp.topic for tp in self.logs}
+        subscribed = set(topics)
+        self.logs = {tp: log for tp, log in self.logs.items() if tp.topic in subscribed}
         self.listener = listener
         self.rebalance()  # the first poll joins the group
 
@@ -228,6 +236,7 @@ class FakeEngine:
 
     model_version = "fake-1"
     taxonomy_version = "tax-1"
+    explain_basis = None  # no labels or lexical channel: no candidates, value-span evidence only
 
     def __init__(self, poison: str = "POISON") -> None:
         self.poison, self.broken, self.runs = poison, False, 0
@@ -301,3 +310,36 @@ class ManualExecutor(Executor):
             for fut, _, _ in self.queue:
                 fut.cancel()
             self.queue.clear()
+
+
+class FakeOverrides:
+    """`worker.overrides.OverrideStore` over dicts; `down` makes it behave like an unreachable Redis
+    (`fetch` returns None, `known` and `put` raise)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Override]] = {}
+        self.tagged: set[str] = set()
+        self.down = False
+        self.fail_next = 0  # the next n `known`/`put` calls raise (then it is back)
+        self.writes = 0
+
+    def _check(self) -> None:
+        if self.down or self.fail_next:
+            self.fail_next = max(0, self.fail_next - 1)
+            raise OverridesUnavailable("ConnectionError (scripted)")
+
+    def fetch(self, product_ids: Sequence[str]) -> dict[str, dict[str, Override]] | None:
+        if self.down:
+            return None
+        self.tagged.update(product_ids)
+        return {pid: dict(self.data[pid]) for pid in product_ids if pid in self.data}
+
+    def known(self, product_ids: Sequence[str]) -> set[str]:
+        self._check()
+        return set(product_ids) & self.tagged
+
+    def put(self, feedback: Sequence[TagFeedback]) -> None:
+        self._check()
+        for fb in feedback:
+            self.data.setdefault(fb.product_id, {})[fb.tag] = Override.of(fb)
+            self.writes += 1

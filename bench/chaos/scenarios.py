@@ -105,7 +105,9 @@ class Run:
         sfx = f"{name}-{uuid.uuid4().hex[:6]}"
         self.in_topic, self.out_topic, self.dlq_topic = f"in-{sfx}", f"out-{sfx}", f"dlq-{sfx}"
         self.group, self.prefix = f"g-{sfx}", f"chaos-{sfx}:"
-        make_topics(stack.bootstrap, [self.in_topic, self.out_topic, self.dlq_topic])
+        # Own feedback and review topics, created first (a first send to an auto-created topic stalled).
+        fb_topic, rev_topic = f"fb-{sfx}", f"rev-{sfx}"
+        make_topics(stack.bootstrap, [self.in_topic, self.out_topic, self.dlq_topic, fb_topic, rev_topic])
         env = dict(base_env)
         env.update(
             {
@@ -113,6 +115,8 @@ class Run:
                 "TAGGER_KAFKA__INPUT_TOPIC": self.in_topic,
                 "TAGGER_KAFKA__OUTPUT_TOPIC": self.out_topic,
                 "TAGGER_KAFKA__DLQ_TOPIC": self.dlq_topic,
+                "TAGGER_KAFKA__FEEDBACK_TOPIC": fb_topic,
+                "TAGGER_KAFKA__REVIEW_TOPIC": rev_topic,
                 "TAGGER_KAFKA__GROUP_ID": self.group,
                 "TAGGER_KAFKA__SESSION_TIMEOUT_MS": "6000",
                 "TAGGER_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
