@@ -121,7 +121,13 @@ def run(args: argparse.Namespace) -> int:
         )
         health.cache = cache
         if settings.feedback.enabled:  # the same client (a thread-safe pool): overrides live beside the cache
-            store = RedisOverrides(redis_cache.client, r.key_prefix, metrics, r.retry_interval_s)
+            store = RedisOverrides(
+                redis_cache.client,
+                r.key_prefix,
+                metrics,
+                r.retry_interval_s,
+                known_ttl_s=settings.feedback.known_product_ttl_s,
+            )
     elif settings.feedback.enabled:
         log.warning(
             "feedback needs Redis (TAGGER_REDIS__ENABLED=false): %s is not consumed", settings.kafka.feedback_topic

@@ -5,7 +5,8 @@ of the cache key).
 Redis layout (under the cache's key prefix):
 - `{prefix}overrides:{product_id}`: a hash, tag -> JSON `{"action", "reviewer", "at", "feedback_id"}`;
   the last decision on a tag wins (feedback is keyed by product id, so it arrives in order);
-- `{prefix}tagged`: a set of the product ids this system has published tag events for (feedback on
+- `{prefix}tagged:{product_id}`: a marker that this system published a tag event for the product,
+  with a TTL (`TAGGER_FEEDBACK__KNOWN_PRODUCT_TTL_S`, refreshed by every tag event; feedback on
   any other product is dead-lettered as `unknown_product`).
 
 `apply_overrides` is pure. The store is behind a Protocol; Redis errors never escape it on the tag
@@ -112,17 +113,18 @@ class RedisOverrides:
         metrics: Metrics,
         retry_interval_s: float = 5.0,
         now: Callable[[], float] = time.monotonic,
+        known_ttl_s: int = 90 * 24 * 3600,
     ) -> None:
         self.client, self.prefix, self.metrics = client, prefix, metrics
+        self.known_ttl_s = known_ttl_s
         self.retry_interval_s, self.now = retry_interval_s, now
         self._retry_at: float | None = None
 
     def key(self, product_id: str) -> str:
         return f"{self.prefix}overrides:{product_id}"
 
-    @property
-    def tagged_key(self) -> str:
-        return f"{self.prefix}tagged"
+    def tagged_key(self, product_id: str) -> str:
+        return f"{self.prefix}tagged:{product_id}"
 
     def fetch(self, product_ids: Sequence[str]) -> dict[str, dict[str, Override]] | None:
         if not product_ids:
@@ -133,8 +135,9 @@ class RedisOverrides:
             pipe = self.client.pipeline(transaction=False)
             for pid in product_ids:
                 pipe.hgetall(self.key(pid))
-            pipe.sadd(self.tagged_key, *product_ids)
-            replies = pipe.execute()
+            for pid in product_ids:
+                pipe.set(self.tagged_key(pid), b"1", ex=self.known_ttl_s)
+            replies = pipe.execute()[: len(product_ids)]
         except (redis.RedisError, OSError) as exc:
             if self._retry_at is None:
                 log.warning("redis overrides unavailable, tag events go out model-only: %s", exc)
@@ -154,10 +157,10 @@ class RedisOverrides:
         if not product_ids:
             return set()
         try:
-            flags = self.client.smismember(self.tagged_key, list(product_ids))
+            flags = self.client.mget([self.tagged_key(pid) for pid in product_ids])
         except (redis.RedisError, OSError) as exc:
-            raise OverridesUnavailable(f"SMISMEMBER: {exc}") from exc
-        return {pid for pid, ok in zip(product_ids, flags, strict=True) if ok}
+            raise OverridesUnavailable(f"MGET: {exc}") from exc
+        return {pid for pid, flag in zip(product_ids, flags, strict=True) if flag is not None}
 
     def put(self, feedback: Sequence[TagFeedback]) -> None:
         if not feedback:

@@ -192,6 +192,12 @@ class FeedbackSettings(_Section):
         True, description="Consume the feedback topic into Redis overrides and apply them (needs Redis)."
     )
     max_items: int = Field(500, ge=1, le=10_000, description="Feedback records written to Redis per round trip.")
+    known_product_ttl_s: int = Field(
+        90 * 24 * 3600,
+        ge=1,
+        description="A tagged product stays known to feedback this long after its last tag event "
+        "(later feedback on it is dead-lettered unknown_product); bounds Redis like the cache TTL.",
+    )
 
 
 class BatchingSettings(_Section):

@@ -441,7 +441,8 @@ def inference_failure(run: Run) -> Result:
 def soak(run: Run) -> Result:
     """`soak_s` at about half of one worker's measured capacity: RSS and open fds flat, Redis
     keys bounded by the TTL policy (TTL shortened to `soak_ttl_s` so expiry happens in the run)."""
-    run.fleet.configure("w1", TAGGER_REDIS__TTL_S=str(run.cfg.soak_ttl_s))
+    ttl_env = str(run.cfg.soak_ttl_s)
+    run.fleet.configure("w1", TAGGER_REDIS__TTL_S=ttl_env, TAGGER_FEEDBACK__KNOWN_PRODUCT_TTL_S=ttl_env)
     run.start_workers("w1")
     run.stream.send_good(20)  # warm-up: the group join and the first inference are not capacity
     run.stream.flush()
@@ -469,7 +470,9 @@ def soak(run: Run) -> Result:
     steady = samples[len(samples) // 2 :]  # after warm-up: allocator and caches settle first
     rss_slope = slope([(m, r) for m, r, _, _ in steady])
     fd_slope = slope([(m, f) for m, _, f, _ in steady])
-    key_bound = int(rate * (ttl + 15) * 1.2) + 50
+    # an event writes at most two keys, each with the TTL: its content's cache entry and its
+    # product's "tagged" marker (feedback on products never tagged is dead-lettered)
+    key_bound = int(2 * rate * (ttl + 15) * 1.2) + 50
     # Keys written before the stream (warm-up, capacity burst) have expired after one TTL.
     max_keys = max((k for m, _, _, k in samples if m * 60 >= ttl + 15), default=0)
     checks = {
