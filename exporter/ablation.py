@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from exporter.metrics import binarize, report, tune_thresholds
+from exporter.train import predict_tags
 from schemas.training import load_rows
 from worker.candidates import CandidateExtractor
-from worker.contract import Decisions, RunMeta, TagRules, compose_text
+from worker.contract import Decisions, RunMeta, compose_text
 from worker.lexical import LexicalChannel
 
 
@@ -43,15 +44,11 @@ def variant(
     val_scores = lexical.scores(val[0])
     thresholds = tune_thresholds(val_scores, binarize(val[1], labels), labels, "per_facet")
     facets = extractor.facets if extractor is not None else []
-    rules = TagRules(
-        decisions.model_copy(
-            update={"thresholds": [float(t) for t in thresholds], "extract_facets": [], "candidate_facets": facets}
-        )
+    rules = decisions.model_copy(
+        update={"thresholds": [float(t) for t in thresholds], "extract_facets": [], "candidate_facets": facets}
     )
-    pred = []
-    for text, row in zip(test[0], lexical.scores(test[0]), strict=True):
-        found = extractor.extract(text) if extractor is not None else ()
-        pred.append([t for t, _ in rules.tags(row, text, [], None, found)[1]])
+    found = [extractor.extract(text) for text in test[0]] if extractor is not None else None
+    _, pred = predict_tags(test[0], [[] for _ in test[0]], lexical.scores(test[0]), None, rules, found)
     return Row.of(report(test[1], pred))
 
 

@@ -3,6 +3,7 @@ extractive facet over hashed span features, thresholds chosen on validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -90,14 +91,7 @@ def fit_candidates(
     extractor = CandidateExtractor(
         list(facets), weights, bias, np.full(len(facets), 0.5, dtype=np.float32), list(single), max_tokens
     )
-    return CandidateExtractor(
-        extractor.facets,
-        weights,
-        bias,
-        tune_candidate_thresholds(extractor, val_texts, val_tags),
-        extractor.single,
-        max_tokens,
-    )
+    return dataclasses.replace(extractor, thresholds=tune_candidate_thresholds(extractor, val_texts, val_tags))
 
 
 def tune_candidate_thresholds(

@@ -241,17 +241,19 @@ def check_slot_regressions(
     if slots is None:
         return lexical
 
-    def f1_with(regressions: SlotRegression, facet: str) -> float:
-        scores = dataclasses.replace(lexical, slots=regressions).scores(val_texts)
-        return out_of_sample_f1(scores, y_val, labels, single_slots, seed, facet)
+    def scores_with(regressions: SlotRegression) -> np.ndarray:
+        return dataclasses.replace(lexical, slots=regressions).scores(val_texts)
 
+    current = scores_with(slots)  # recomputed only when a regression is dropped
     for k in reversed(range(len(slots.columns))):
         facet = facet_of(labels[int(slots.columns[k][0])])
         without = slots.without(k)
-        f_with, f_without = f1_with(slots, facet), f1_with(without, facet)
+        scores_without = scores_with(without)
+        f_with = out_of_sample_f1(current, y_val, labels, single_slots, seed, facet)
+        f_without = out_of_sample_f1(scores_without, y_val, labels, single_slots, seed, facet)
         if f_with < f_without:
             log.info("slot regression of %s: validation F1 %.4f < %.4f without, dropped", facet, f_with, f_without)
-            slots = without
+            slots, current = without, scores_without
     return dataclasses.replace(lexical, slots=slots if slots.columns else None)
 
 
