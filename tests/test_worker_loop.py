@@ -8,9 +8,11 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -78,22 +80,27 @@ def rig(
     drain_timeout_s: float = 20.0,
     max_wait_ms: float = 0,
     executor: Executor | None = None,
+    pool: bool = False,
+    engine: FakeEngine | None = None,
 ) -> Rig:
+    """`pool`: the loop's own thread pool (batches run concurrently, as in the worker) instead of
+    an executor that runs batches only when the test says so."""
     clock = FakeClock()
-    consumer, publisher, engine, cache = FakeConsumer("in", partitions), FakePublisher(clock), FakeEngine(), FakeCache()
+    consumer, publisher, cache = FakeConsumer("in", partitions), FakePublisher(clock), FakeCache()
+    engine = engine or FakeEngine()
     settings = load_settings(
         kafka=KAFKA,
         batching=BatchingSettings(max_items=max_items, max_wait_ms=max_wait_ms, max_in_flight=max_in_flight),
         shutdown=ShutdownSettings(drain_timeout_s=drain_timeout_s),
     )
-    executor = executor or ManualExecutor()
+    executor = None if pool else executor or ManualExecutor()
     wall = 1_750_000_000.0  # fixed event timestamps
     loop = build_loop(
         settings, engine, cache, lambda: consumer, publisher, clock, executor=executor, wall_clock=lambda: wall
     )
     assert loop.start()
     m, h = loop.metrics, loop.health
-    return Rig(clock, consumer, publisher, engine, cache, m, h, loop.stop, loop.abort, loop, executor)
+    return Rig(clock, consumer, publisher, engine, cache, m, h, loop.stop, loop.abort, loop, loop.executor)
 
 
 def product(i: int | str, title: str | None = None) -> bytes:
@@ -502,3 +509,68 @@ def test_a_record_kafka_refuses_as_too_large_is_dead_lettered_not_retried_foreve
     assert sorted(r.products()) == ["p-0", "p-1"]
     assert r.consumer.committed_offsets == {r.consumer.tp(): 3}
     assert r.publisher.resets == 0 and not r.loop.failed
+
+
+class GatedEngine(FakeEngine):
+    """A FakeEngine whose runs over a text containing `slow` wait until `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def run(self, items: list[Any]) -> Any:
+        if any("slow" in x.text for x in items):
+            assert self.gate.wait(30), "test gate never opened"
+        return super().run(items)
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (in real time, bounded) for the batch threads to get somewhere."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _drain(r: Rig) -> None:
+    _until(lambda: (r.loop.step(), not r.loop.in_flight and not len(r.loop.batcher))[1], "the batches to finish")
+
+
+def test_concurrent_batches_publish_in_the_order_they_were_submitted() -> None:
+    engine = GatedEngine()
+    r = rig(max_items=2, max_in_flight=2, pool=True, engine=engine)
+    r.consumer.produce(product("a", "slow red shirt"))
+    r.produce(["b", "c", "d"])
+    r.steps(2)  # [a, b] and [c, d] both running on the loop's two batch threads
+    assert len(r.loop.in_flight) == 2
+    _until(lambda: "c" in " ".join(engine.inferred) or any("shirt c" in t for t in engine.inferred), "batch 2 to infer")
+    # batch 2 is tagged while batch 1 still waits for the model, but it does not publish before it
+    assert r.publisher.values("out") == [] and r.publisher.acked == []
+    engine.gate.set()
+    _drain(r)
+    assert r.products() == ["p-a", "p-b", "p-c", "p-d"]
+    assert r.consumer.commit_log[-1] == {r.consumer.tp(): 4}
+
+
+def test_a_batch_failing_before_it_publishes_does_not_hold_up_the_next() -> None:
+    r = rig(max_items=2, max_in_flight=2, pool=True)
+    r.consumer.produce(product("a", "POISON one"))
+    r.consumer.produce(product("b", "POISON two"))  # every item fails alone: a fault, the batch fails
+    r.produce(["c", "d"])
+    r.steps(2)
+    _until(lambda: all(f.done() for f in r.loop.in_flight.values()), "both batches")
+    assert sorted(r.products()) == ["p-c", "p-d"], "the batch after the failed one never published"
+    r.steps(1)
+    assert r.loop.failed and r.consumer.commit_log == []
+
+
+def test_cache_hits_go_out_in_batches_of_up_to_a_whole_poll() -> None:
+    r = rig(max_items=2, max_in_flight=1)
+    r.produce(range(20))
+    r.run_all()
+    batches = r.gauge("tagger_batch_size_count")
+    r.produce(range(20))  # the same products again: every one a cache hit
+    r.run_all()
+    assert r.engine.runs == 10, "a hit was inferred again"
+    assert r.gauge("tagger_batch_size_count") == batches + 1  # one batch of 20, not ten of max_items
+    assert r.products()[20:] == [f"p-{i}" for i in range(20)]

@@ -42,6 +42,32 @@ class NoCache:
         pass
 
 
+class Outage:
+    """After a Redis error, skip Redis for `retry_interval_s`, then try again: an outage costs one
+    socket timeout per interval, not one per call. `failed` and `recovered` say whether the state
+    changed (the caller logs once per outage)."""
+
+    def __init__(self, retry_interval_s: float, now: Callable[[], float] = time.monotonic) -> None:
+        self.retry_interval_s, self.now = retry_interval_s, now
+        self.retry_at: float | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self.retry_at is not None
+
+    def available(self) -> bool:
+        return self.retry_at is None or self.now() >= self.retry_at
+
+    def failed(self) -> bool:
+        began = self.retry_at is None
+        self.retry_at = self.now() + self.retry_interval_s
+        return began
+
+    def recovered(self) -> bool:
+        was, self.retry_at = self.retry_at is not None, None
+        return was
+
+
 class RedisCache:
     """Pipelined MGET / SET EX. After an error, skip Redis for `retry_interval_s`, then try again."""
 
@@ -54,8 +80,7 @@ class RedisCache:
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client, self.ttl_s, self.metrics = client, ttl_s, metrics
-        self.retry_interval_s, self.now = retry_interval_s, now
-        self._retry_at: float | None = None
+        self.outage = Outage(retry_interval_s, now)
 
     @classmethod
     def from_url(
@@ -73,26 +98,24 @@ class RedisCache:
 
     @property
     def degraded(self) -> bool:
-        return self._retry_at is not None
+        return self.outage.degraded
 
     def _available(self) -> bool:
-        return self._retry_at is None or self.now() >= self._retry_at
+        return self.outage.available()
 
     def _failed(self, op: str, exc: Exception) -> None:
-        if self._retry_at is None:
+        if self.outage.failed():
             log.warning("redis %s failed, tagging without the cache: %s", op, exc)
         self.metrics.cache_errors.inc()
         self.metrics.cache_degraded.set(1)
-        self._retry_at = self.now() + self.retry_interval_s
 
     def _recovered(self) -> None:
-        if self._retry_at is not None:
+        if self.outage.recovered():
             log.info("redis is back; cache enabled")
-            self._retry_at = None
             self.metrics.cache_degraded.set(0)
 
     def probe(self) -> None:
-        if self._retry_at is None or not self._available():
+        if not self.outage.degraded or not self.outage.available():
             return
         try:
             self.client.ping()

@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,8 +36,9 @@ MAX_FEATURES = 6  # strongest lexical features mapped to text per tag
 MAX_CANDIDATES = 3  # near-miss tags kept per item
 
 
-@dataclass(frozen=True)
-class EvidenceSpan:
+class EvidenceSpan(NamedTuple):
+    """A span of an original field. A named tuple, as `Tag`: cache hits build several per event."""
+
     field: str  # "title" | "description"
     start: int
     end: int

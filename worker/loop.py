@@ -32,7 +32,7 @@ from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.outputs import BuildMessages
 from worker.overrides import ApplyOverrides, OverrideStore
-from worker.publish import FLUSH_SLICE_S, Publish, PublishAborted
+from worker.publish import FLUSH_SLICE_S, Publish, PublishAborted, SendOrder
 from worker.rebalance import RebalanceEvents
 from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
 from worker.reload import ModelHolder
@@ -78,12 +78,22 @@ class RunBatch:
         shadow: ShadowRun | None = None,
         overrides: ApplyOverrides | None = None,
         review: RouteReview | None = None,
+        order: SendOrder | None = None,
     ) -> None:
         self.tag, self.build, self.publish, self.metrics, self.wall_clock = tag, build, publish, metrics, wall_clock
-        self.shadow, self.overrides, self.review = shadow, overrides, review
+        self.shadow, self.overrides, self.review, self.order = shadow, overrides, review, order
 
-    def __call__(self, batch: list[Item], engine: Engine | None = None) -> BatchResult:
-        """`engine`: the model the batch was prepared with (cache lookups, tokens); None: the steps' own."""
+    def __call__(self, batch: list[Item], engine: Engine | None = None, ticket: int | None = None) -> BatchResult:
+        """`engine`: the model the batch was prepared with (cache lookups, tokens); None: the steps' own.
+        `ticket`: the batch's place in `order` (batches running concurrently publish in that order)."""
+        if self.order is None or ticket is None:
+            return self._run(batch, engine, None)
+        try:
+            return self._run(batch, engine, ticket)
+        finally:
+            self.order.release(ticket)  # a batch that failed early must not hold up the later ones
+
+    def _run(self, batch: list[Item], engine: Engine | None, ticket: int | None) -> BatchResult:
         m, started = self.metrics, self.metrics.now()
         waited = 0.0  # of the oldest item: how far behind the batch thread is
         for r in batch:
@@ -106,7 +116,11 @@ class RunBatch:
                 messages += self.review(outcomes, basis, settled, now, model)
         if self.shadow is not None:  # its events go to its own topic, published and committed with the batch
             messages += self.shadow(outcomes, now, waited)
-        self.publish(messages)
+        if self.order is not None and ticket is not None:
+            with self.order.turn(ticket, self.publish.abort):
+                self.publish(messages)
+        else:
+            self.publish(messages)
         acked = self.wall_clock()
         dead = 0
         for o in outcomes:
@@ -140,7 +154,7 @@ class Loop:
         decode: DecodeRecords,
         lookup: CacheLookup,
         tokenize: Tokenize,
-        run_batch: Callable[[list[Item], Engine | None], BatchResult],
+        run_batch: Callable[[list[Item], Engine | None, int | None], BatchResult],
         publisher: Publisher,
         metrics: Metrics,
         health: Health,
@@ -152,13 +166,19 @@ class Loop:
         feedback: Callable[[list[ConsumedRecord]], FeedbackResult] | None = None,
         feedback_executor: Executor | None = None,
         feedback_batch: int = 500,
+        order: SendOrder | None = None,
     ) -> None:
         self.connect, self.kafka, self.batching = connect, kafka, batching
         self.drain_timeout_s = shutdown.drain_timeout_s
         self.decode, self.lookup, self.tokenize = decode, lookup, tokenize
         self.run_batch, self.publisher = run_batch, publisher
         self.metrics, self.health, self.stop, self.abort, self.clock = metrics, health, stop, abort, clock
-        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        # Up to `max_in_flight` batches run at once (one graph run at a time: worker/engine.py),
+        # publishing in submission order (`order`: tickets taken here, on the poll thread).
+        self.executor = executor or ThreadPoolExecutor(max_workers=batching.max_in_flight, thread_name_prefix="batch")
+        self.order = order
+        # Cache hits and dead letters need no inference: a batch of them may hold up to a whole poll.
+        self.max_ready = max(batching.max_items, kafka.max_poll_records)
         self.models = models  # None: a fixed model (the steps' own engine)
         # Feedback records (worker/feedback.py) take their own path: one batch at a time on their own
         # thread (a Redis outage retries there without holding up tagging), tracked and committed
@@ -236,7 +256,8 @@ class Loop:
         # The batch runs with the model its items were looked up and tokenized with, even when a
         # reload switches the live model before the batch thread gets to it.
         engine = self.models.current if self.models is not None else None
-        self.in_flight[batch_id] = self.executor.submit(self.run_batch, batch, engine)
+        ticket = self.order.ticket() if self.order is not None else None
+        self.in_flight[batch_id] = self.executor.submit(self.run_batch, batch, engine, ticket)
         if any(isinstance(i, Valid) for i in batch):
             self.inferring.add(batch_id)
         self.metrics.in_flight.set(len(self.in_flight))
@@ -349,7 +370,9 @@ class Loop:
         flag of partitions that survive a rebalance, so a flag set before one must be cleared."""
         assert self.consumer is not None
         b = self.batching
-        full = self._tag_batches() >= b.max_in_flight and max(len(self.batcher), len(self.ready)) >= b.max_items
+        full = self._tag_batches() >= b.max_in_flight and (
+            len(self.batcher) >= b.max_items or len(self.ready) >= self.max_ready
+        )
         assigned = self.consumer.assignment()
         # All or nothing, feedback partitions included: with kafka-python (on Tansu) pausing one
         # topic's partitions while another's were fetched stalled a resumed partition for good.
@@ -371,7 +394,12 @@ class Loop:
         # rejoin stalls the whole group's rebalance.
         if self._tag_batches() < self.batching.max_in_flight and (left := self.batcher.time_left()) is not None:
             timeout_s = min(timeout_s, left)
-        room = max(1, self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher) - len(self.ready))
+        # Misses are bounded by what the batch threads take next, hits by one hit batch. With no
+        # miss queued, one poll may bring a whole hit batch (it overfills the misses' bound at most
+        # once, when the records turn out to be misses).
+        misses_room = self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher)
+        hits_room = self.max_ready - len(self.ready)
+        room = max(1, hits_room if not len(self.batcher) else min(misses_room, hits_room))
         try:
             with self.metrics.timed("poll"):
                 records = self.consumer.poll(timeout_s, min(room, self.kafka.max_poll_records))
@@ -579,6 +607,9 @@ def build_loop(
     health = health or Health(cache=cache)
     stop, abort, k, prefix = Event(), Abort(clock), settings.kafka, settings.redis.key_prefix
     review = settings.review
+    # The loop's own pool runs batches concurrently, so they take turns to publish; an injected
+    # executor (tests, benchmarks) runs them in whatever order it chooses, one at a time.
+    order = SendOrder() if executor is None else None
     run_batch = RunBatch(
         TagBatch(engine, cache, prefix, metrics, Explain(settings.evidence, review.margin if review.enabled else 0.0)),
         BuildMessages(k, engine, settings.limits),
@@ -588,6 +619,7 @@ def build_loop(
         shadow=shadow,
         overrides=ApplyOverrides(overrides, metrics) if overrides is not None else None,
         review=RouteReview(review, k.review_topic, metrics) if review.enabled else None,
+        order=order,
     )
     feedback = None
     if overrides is not None:  # its own Publish: feedback batches run on their own thread
@@ -613,4 +645,5 @@ def build_loop(
         feedback=feedback,
         feedback_executor=feedback_executor,
         feedback_batch=settings.feedback.max_items,
+        order=order,
     )

@@ -27,6 +27,7 @@ import redis
 
 from schemas.events import TagFeedback
 from schemas.training import facet_of
+from worker.cache import Outage
 from worker.contract import slot_of
 from worker.engine import Tag
 from worker.metrics import Metrics
@@ -83,7 +84,7 @@ def apply_overrides(
     taken = {slot_of(t) for t in human if slot_of(t) in single_slots}
     by_tag = {t.tag: t for t in tags}
     kept = [t for t in tags if t.tag not in drop and t.tag not in human and slot_of(t.tag) not in taken]
-    decided = [replace(by_tag.get(t) or Tag(t, 1.0), score=1.0, source=HUMAN) for t in sorted(human)]
+    decided = [(by_tag.get(t) or Tag(t, 1.0))._replace(score=1.0, source=HUMAN) for t in sorted(human)]
     out = sorted(decided + kept, key=lambda t: -t.score)
     near = [c for c in candidates if c.tag not in drop and c.tag not in human]
     return out, near
@@ -102,8 +103,27 @@ class OverrideStore(Protocol):
         """Write the decisions, in order. Raises OverridesUnavailable."""
 
 
+# KEYS: N override hashes, then the N products' tagged markers; ARGV[1]: the markers' TTL. Sets every
+# marker and returns only the hashes that exist, as {index, {field, value, ...}, ...}: most products
+# have no override, and an empty reply per product would cost the client more than the lookup.
+_FETCH = """
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  local h = redis.call('HGETALL', KEYS[i])
+  if #h > 0 then
+    out[#out + 1] = i
+    out[#out + 1] = h
+  end
+  redis.call('SET', KEYS[n + i], '1', 'EX', ARGV[1])
+end
+return out
+"""
+
+
 class RedisOverrides:
-    """One pipelined round trip per call. After a read error the tag path skips Redis for
+    """One round trip per call (on the tag path a Lua script: like the cache's MGET it needs every
+    key on one Redis node, so no Redis Cluster). After a read error the tag path skips Redis for
     `retry_interval_s` (as the cache does), so an outage costs one timeout per interval."""
 
     def __init__(
@@ -117,8 +137,8 @@ class RedisOverrides:
     ) -> None:
         self.client, self.prefix, self.metrics = client, prefix, metrics
         self.known_ttl_s = known_ttl_s
-        self.retry_interval_s, self.now = retry_interval_s, now
-        self._retry_at: float | None = None
+        self.outage = Outage(retry_interval_s, now)
+        self._fetch = client.register_script(_FETCH)  # EVALSHA; loads the script again on NOSCRIPT
 
     def key(self, product_id: str) -> str:
         return f"{self.prefix}overrides:{product_id}"
@@ -129,28 +149,27 @@ class RedisOverrides:
     def fetch(self, product_ids: Sequence[str]) -> dict[str, dict[str, Override]] | None:
         if not product_ids:
             return {}
-        if self._retry_at is not None and self.now() < self._retry_at:
+        if not self.outage.available():
             return None
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for pid in product_ids:
-                pipe.hgetall(self.key(pid))
-            for pid in product_ids:
-                pipe.set(self.tagged_key(pid), b"1", ex=self.known_ttl_s)
-            replies = pipe.execute()[: len(product_ids)]
+            # One command for the whole batch: a pipeline of two commands per product cost ~15 us
+            # of client Python per product, the script ~2 us (see _FETCH).
+            keys = [self.key(pid) for pid in product_ids] + [self.tagged_key(pid) for pid in product_ids]
+            found = self._fetch(keys=keys, args=[self.known_ttl_s], client=self.client)
         except (redis.RedisError, OSError) as exc:
-            if self._retry_at is None:
+            if self.outage.failed():
                 log.warning("redis overrides unavailable, tag events go out model-only: %s", exc)
-            self._retry_at = self.now() + self.retry_interval_s
             return None
-        if self._retry_at is not None:
+        if self.outage.recovered():
             log.info("redis overrides available again")
-            self._retry_at = None
         out: dict[str, dict[str, Override]] = {}
-        for pid, fields in zip(product_ids, replies, strict=False):
-            parsed = {_text(t): o for t, v in fields.items() if (o := Override.from_json(v)) is not None}
+        for i in range(0, len(found), 2):  # [index (1-based), [field, value, ...], ...]
+            flat = found[i + 1]
+            parsed = {
+                _text(flat[j]): o for j in range(0, len(flat), 2) if (o := Override.from_json(flat[j + 1])) is not None
+            }
             if parsed:
-                out[pid] = parsed
+                out[product_ids[int(found[i]) - 1]] = parsed
         return out
 
     def known(self, product_ids: Sequence[str]) -> set[str]:

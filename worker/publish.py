@@ -5,6 +5,9 @@ drain deadline cuts even a stalled broker short."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from worker.clock import Abort, Clock
@@ -21,6 +24,48 @@ FLUSH_SLICE_S = 0.25  # longest an abort waits for a flush to notice it
 
 class PublishAborted(Exception):
     """Shutdown ran out of budget before a batch was acknowledged; its offsets stay uncommitted."""
+
+
+class SendOrder:
+    """Batches publish one at a time, in the order they were submitted, while the rest of their work
+    (inference, evidence, building the events) runs concurrently on the batch threads: tag events of
+    one product keep their order across batches, and one publisher serves one batch's retries at a
+    time. Each batch takes a ticket when submitted; `turn(ticket)` waits for the batches before it
+    to publish, and `release(ticket)` (always, also for a batch that failed before publishing)
+    passes the turn on."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._issued = 0
+        self._turn = 0  # the next ticket allowed to publish
+        self._released: set[int] = set()
+
+    def ticket(self) -> int:
+        with self._cond:
+            self._issued += 1
+            return self._issued - 1
+
+    @contextmanager
+    def turn(self, ticket: int, abort: Abort) -> Iterator[None]:
+        with self._cond:
+            while self._turn < ticket:
+                if abort.expired():
+                    raise PublishAborted("shutdown while waiting for earlier batches to publish")
+                self._cond.wait(FLUSH_SLICE_S)
+        try:
+            yield
+        finally:
+            self.release(ticket)
+
+    def release(self, ticket: int) -> None:
+        with self._cond:
+            if ticket < self._turn:
+                return  # already passed on
+            self._released.add(ticket)
+            while self._turn in self._released:
+                self._released.discard(self._turn)
+                self._turn += 1
+            self._cond.notify_all()
 
 
 class Publish:

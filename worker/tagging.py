@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -80,10 +80,12 @@ def _entry(t: Tag) -> list[Any]:
 def _tag(e: Sequence[Any]) -> Tag:
     if len(e) == 2:
         return Tag(str(e[0]), float(e[1]))
-    spans = tuple([EvidenceSpan(f, a, b, x) for f, a, b, x in e[2]])
-    if not all(type(sp.start) is int and type(sp.end) is int and type(sp.text) is str for sp in spans):
-        raise TypeError("evidence span of the wrong types")  # a corrupt entry: a miss
-    return Tag(str(e[0]), float(e[1]), spans)
+    spans = []
+    for f, a, b, x in e[2]:
+        if type(a) is not int or type(b) is not int or type(x) is not str:
+            raise TypeError("evidence span of the wrong types")  # a corrupt entry: a miss
+        spans.append(EvidenceSpan(f, a, b, x))
+    return Tag(str(e[0]), float(e[1]), tuple(spans))
 
 
 def tags_to_cache(tags: list[Tag], candidates: Sequence[Tag] = ()) -> bytes:
@@ -118,7 +120,7 @@ def _rebased(tags: list[Tag], r: Parsed) -> list[Tag]:
         for t in tags
         for e in t.evidence
     )
-    return tags if ok else [replace(t, evidence=rebase(t.evidence, p.title, p.description)) for t in tags]
+    return tags if ok else [t._replace(evidence=rebase(t.evidence, p.title, p.description)) for t in tags]
 
 
 Annotated = tuple[list[Tag], list[Tag]]  # an item's tags (with evidence) and its near misses
@@ -148,7 +150,7 @@ class Explain:
                 # Near misses get value spans only: their lexical evidence cost ~25% of the whole (bench).
                 return tag_evidence(tag, fields, basis, around if lexical else None, self.max_spans)  # noqa: B023
 
-            explained = [replace(t, evidence=ev(t.tag)) for t in served]
+            explained = [t._replace(evidence=ev(t.tag)) for t in served]
             out.append((explained, [Tag(c, round(s, 4), ev(c, lexical=False)) for c, s in near]))
         return out
 
