@@ -27,7 +27,10 @@ from worker.metrics import STAGES
 
 log = logging.getLogger("bench")
 # stages that run on the batch thread (the rest run on the poll thread)
-BATCH_STAGES = ("cache_get", "inference", "cache_set", "serialize", "produce")
+# Stages on the batch threads (the rest run on the poll loop; feedback on its own thread).
+BATCH_STAGES = (
+    "graph_wait", "inference", "evidence", "cache_set", "overrides", "serialize", "review", "shadow", "produce"
+)
 REAL_MODEL = REPO / "runs" / "flipkart"
 
 

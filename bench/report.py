@@ -113,9 +113,14 @@ def render(r: dict[str, Any]) -> str:
             "|---|---|---:|---:|---:|",
         ]
         for stage, v in bd["stages"].items():
-            thread = "batch" if stage in BATCH_STAGES else "poll loop"
+            thread = "batch" if stage in BATCH_STAGES else "feedback" if stage == "feedback" else "poll loop"
             lines.append(f"| {stage} | {thread} | {fmt(v['seconds'], 3)} | {v['count']} | {fmt(100 * v['share'])}% |")
-        lines += ["", "(poll includes the poll loop's idle waits while batches are in flight.)", ""]
+        lines += [
+            "",
+            "(poll includes the poll loop's idle waits while batches are in flight; batch stages add up over the "
+            "batch threads, which run concurrently; graph_wait: a batch waiting for another's graph run.)",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -84,6 +85,7 @@ class TagEngine:
         precision: str | None = None,
         io_binding: bool | None = None,
         intra_op_threads: int = 0,
+        intra_op_spinning: bool = False,
         verify: bool = True,
         max_items: int = 64,
         max_tokens: int = 8192,
@@ -110,7 +112,9 @@ class TagEngine:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.manifest.max_seq_len)
         self.pad_id = self.manifest.pad_token_id
-        self.session = self._session(self.model_dir / onnx_name, provider, allow_cpu_fallback, intra_op_threads)
+        self.session = self._session(
+            self.model_dir / onnx_name, provider, allow_cpu_fallback, intra_op_threads, intra_op_spinning
+        )
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
@@ -121,6 +125,7 @@ class TagEngine:
         # One graph run at a time: its intra-op threads already use every core (or the GPU), and
         # the worker's batch threads overlap everything else (lexical channel, evidence, publishing).
         self._graph_lock = threading.Lock()
+        self._waited = threading.local()  # per batch thread: seconds spent waiting for the lock
         facets = decisions.extract_facets
         self.extract_facets = facets if extract and "span_logits" in self.output_names else []
         missing = {CANDIDATES_FILE, CANDIDATE_WEIGHTS_FILE} - set(self.manifest.files)
@@ -147,7 +152,7 @@ class TagEngine:
         return self.manifest.taxonomy
 
     @staticmethod
-    def _session(path: Path, provider: str, fallback: bool, threads: int) -> ort.InferenceSession:
+    def _session(path: Path, provider: str, fallback: bool, threads: int, spinning: bool) -> ort.InferenceSession:
         if provider not in PROVIDERS:
             raise EngineError(f"unknown provider {provider!r}; choose one of {sorted(PROVIDERS)}")
         wanted = PROVIDERS[provider]
@@ -155,6 +160,8 @@ class TagEngine:
         providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        # Spinning threads keep a core busy after each run; the worker's other threads need it.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.log_severity_level = 3  # ORT logs a missing CUDA as an error itself; we raise our own
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
@@ -183,7 +190,9 @@ class TagEngine:
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
         feed = {k: v for k, v in feed.items() if k in self.input_names}
+        asked = time.perf_counter()
         with self._graph_lock:
+            self._waited.s = getattr(self._waited, "s", 0.0) + time.perf_counter() - asked
             outputs = self._run_bound(feed) if self.io_binding else self.session.run(self.output_names, feed)
         res = dict(zip(self.output_names, outputs, strict=True))
         return res["logits"], res.get("span_logits") if self.extract_facets else None
@@ -197,6 +206,11 @@ class TagEngine:
             binding.bind_output(name, device)
         self.session.run_with_iobinding(binding)
         return list(binding.copy_outputs_to_cpu())
+
+    def take_graph_wait(self) -> float:
+        """Seconds the calling thread waited for another thread's graph run since its last call."""
+        waited, self._waited.s = getattr(self._waited, "s", 0.0), 0.0
+        return float(waited)
 
     def run(self, items: list[Encoded]) -> Outputs:
         """Run the encoder in length buckets (each within max_items and max_tokens of padding), the

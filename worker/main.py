@@ -36,6 +36,7 @@ def build_engine(s: WorkerSettings, path: Path | None = None) -> TagEngine:
         precision=s.model.serve_precision(files),
         io_binding=s.model.io_binding,
         intra_op_threads=s.model.intra_op_threads,
+        intra_op_spinning=s.model.intra_op_spinning,
         verify=s.model.verify_hashes,
         max_items=s.batching.max_items,
         max_tokens=s.batching.max_tokens,

@@ -16,6 +16,7 @@ STAGES = (
     "decode",
     "tokenize",
     "cache_get",
+    "graph_wait",
     "inference",
     "cache_set",
     "serialize",

@@ -229,12 +229,18 @@ class TagBatch:
     def _infer(self, items: list[Valid], engine: Engine) -> list[Annotated | Invalid]:
         encoded = [r.encoded for r in items]
         self.metrics.batch_tokens.observe(padded_tokens(max(len(e) for e in encoded), len(encoded)))
-        started = self.metrics.now()
-        with self.metrics.timed("inference"):
+        m, started = self.metrics, self.metrics.now()
+        try:
             results = self._bisect(items, engine)
+        finally:
+            # Waiting for another batch's graph run is not this batch's inference: its own stage.
+            take = getattr(engine, "take_graph_wait", None)
+            waited = take() if take is not None else 0.0
+            m.stage.labels("graph_wait").observe(waited)
+            m.stage.labels("inference").observe(max(0.0, m.now() - started - waited))
         if len(items) > 1 and all(isinstance(r, Invalid) for r in results):
             raise InferenceFault(f"all {len(items)} items failed inference one by one")
-        self.metrics.inference.observe(self.metrics.now() - started)
+        m.inference.observe(max(0.0, m.now() - started - waited))
         return results
 
     def _bisect(self, items: list[Valid], engine: Engine) -> list[Annotated | Invalid]:
