@@ -105,7 +105,20 @@ def test_bucketing_respects_limits() -> None:
     assert sorted(i for g in groups for i in g) == list(range(6))
     for g in groups:
         assert len(g) <= 2 and len(g) * max(lengths[i] for i in g) <= 200
-    assert [lengths[i] for i in groups[0]] == [5, 6]
+    assert bucket([300], max_items=2, max_tokens=200) == [[0]], "an item over the budget still runs, alone"
+
+
+def test_bucketing_keeps_short_texts_out_of_long_texts_padding() -> None:
+    lengths = [12, 120, 10, 11, 118, 9] * 10  # titles mixed with title + description
+    groups = bucket(lengths, max_items=64, max_tokens=8192, run_cost_tokens=32)
+    long = [g for g in groups if max(lengths[i] for i in g) >= 118]
+    assert len(long) == 1 and sorted(lengths[i] for i in long[0]) == [118] * 10 + [120] * 10
+    assert sum(len(g) * max(lengths[i] for i in g) for g in groups) <= 40 * 12 + 20 * 120
+    # one run when splitting would not pay for itself, or when every length is the same
+    assert len(bucket([10, 12, 11, 13], 64, 8192, run_cost_tokens=32)) == 1
+    assert len(bucket([40] * 64, 64, 8192, run_cost_tokens=0)) == 1
+    # a fixed cost per run large enough (a GPU): one run for all of them
+    assert len(bucket(lengths, 64, 8192, run_cost_tokens=10_000)) == 1
 
 
 def test_threshold_strategies_are_compared() -> None:

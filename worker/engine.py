@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from worker.artifact import ArtifactError, load_manifest
 from worker.candidates import CANDIDATE_WEIGHTS_FILE, CANDIDATES_FILE, CandidateExtractor
-from worker.contract import Manifest, TagRules, fuse, run_bucketed, sigmoid
+from worker.contract import RUN_COST_TOKENS, Manifest, TagRules, fuse, run_bucketed, sigmoid
 from worker.evidence import EvidenceSpan, ExplainBasis
 from worker.lexical import LexicalChannel, Trace
 
@@ -216,7 +216,13 @@ class TagEngine:
         """Run the encoder in length buckets (each within max_items and max_tokens of padding), the
         lexical channel over the texts, and fuse the two."""
         logits, spans = run_bucketed(
-            [x.ids for x in items], self.pad_id, len(self.labels), self._run, self.max_items, self.max_tokens
+            [x.ids for x in items],
+            self.pad_id,
+            len(self.labels),
+            self._run,
+            self.max_items,
+            self.max_tokens,
+            RUN_COST_TOKENS["cuda" if self.provider == PROVIDERS["cuda"] else "cpu"],
         )
         if self.extract_facets and spans is None:
             spans = [np.zeros((0, 1), dtype=np.float32)] * len(items)

@@ -197,6 +197,7 @@ class Loop:
         self.tracker = OffsetTracker()
         self.events = RebalanceEvents()
         self.in_flight: dict[int, Future[BatchResult]] = {}
+        self.freed = Event()  # set when any batch finishes: wakes a poll loop waiting for a free slot
         self.rewind: dict[TopicPartition, int] = {}
         self.remote_committed: dict[TopicPartition, int | None] = {}
         self.consumer: Consumer | None = None
@@ -257,10 +258,14 @@ class Loop:
         # reload switches the live model before the batch thread gets to it.
         engine = self.models.current if self.models is not None else None
         ticket = self.order.ticket() if self.order is not None else None
-        self.in_flight[batch_id] = self.executor.submit(self.run_batch, batch, engine, ticket)
+        self.in_flight[batch_id] = fut = self.executor.submit(self.run_batch, batch, engine, ticket)
+        fut.add_done_callback(self._batch_done)
         if any(isinstance(i, Valid) for i in batch):
             self.inferring.add(batch_id)
         self.metrics.in_flight.set(len(self.in_flight))
+
+    def _batch_done(self, _fut: Future[BatchResult]) -> None:
+        self.freed.set()
 
     def _tag_batches(self) -> int:
         return len(self.in_flight) - len(self.feedback_ids)
@@ -304,6 +309,7 @@ class Loop:
         self.models.activate(new)
 
     def _reap(self) -> None:
+        self.freed.clear()  # before looking: a batch finishing from here on sets it again
         for batch_id, fut in list(self.in_flight.items()):
             if not fut.done():
                 continue
@@ -400,6 +406,12 @@ class Loop:
         misses_room = self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher)
         hits_room = self.max_ready - len(self.ready)
         room = max(1, hits_room if not len(self.batcher) else min(misses_room, hits_room))
+        if self._tag_batches() >= self.batching.max_in_flight and self.clock.wait(self.freed, timeout_s):
+            # Every batch slot was taken, and a batch finished within the poll's timeout: the next
+            # step reaps it and polls with room, instead of the client sleeping out the timeout
+            # (cache-hit batches take a few ms; that sleep was a third of the replay). When none
+            # finishes, the consumer is polled as before (group rejoins happen inside poll).
+            return
         try:
             with self.metrics.timed("poll"):
                 records = self.consumer.poll(timeout_s, min(room, self.kafka.max_poll_records))
