@@ -29,7 +29,15 @@ log = logging.getLogger("bench")
 # stages that run on the batch thread (the rest run on the poll thread)
 # Stages on the batch threads (the rest run on the poll loop; feedback on its own thread).
 BATCH_STAGES = (
-    "graph_wait", "inference", "evidence", "cache_set", "overrides", "serialize", "review", "shadow", "produce"
+    "graph_wait",
+    "inference",
+    "evidence",
+    "cache_set",
+    "overrides",
+    "serialize",
+    "review",
+    "shadow",
+    "produce",
 )
 REAL_MODEL = REPO / "runs" / "flipkart"
 

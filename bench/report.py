@@ -102,6 +102,8 @@ def render(r: dict[str, Any]) -> str:
         f"(mean inference per batch at half load) = {fmt(r['p99_target_ms'], 0)} ms; "
         f"with full-load batches ({fmt(r['full_load_batch_inference_ms'])} ms) it would be "
         f"{fmt(r['p99_target_ms_full_batches'], 0)} ms",
+        "- issue 10 targets met: "
+        + ", ".join(f"{name} {'yes' if met else 'NO'}" for name, met in r["targets_met"].items()),
         "",
     ]
     for title, bd in (("full load", full["breakdown"]), ("cache-hit replay", hit["breakdown"])):

@@ -188,3 +188,11 @@ def test_training_is_deterministic_for_a_seed(tiny_model: Path, tmp_path: Path) 
     for part in heads[0]:
         for k in heads[0][part]:
             assert torch.equal(heads[0][part][k], heads[1][part][k])
+
+
+def test_intra_op_threads_do_not_spin_unless_asked(tiny_model: Path) -> None:
+    def spinning(engine: TagEngine) -> str:
+        return str(engine.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning"))
+
+    assert spinning(TagEngine(tiny_model)) == "0"
+    assert spinning(TagEngine(tiny_model, intra_op_spinning=True)) == "1"

@@ -125,3 +125,40 @@ def test_identical_content_in_a_batch_is_inferred_once() -> None:
     assert [o.cached for o in out if isinstance(o, Tagged)] == [False, False, False]
     assert engine.inferred == ["same text", "other"]
     assert len(cache.data) == 2
+
+
+def test_send_order_turns_follow_the_tickets_and_skip_released_ones() -> None:
+    import threading
+
+    import pytest
+
+    from worker.clock import Abort
+    from worker.publish import PublishAborted, SendOrder
+    from worker.testing import FakeClock
+
+    order, abort, sent = SendOrder(), Abort(FakeClock()), []
+    t0, t1, t2 = order.ticket(), order.ticket(), order.ticket()
+    entered = threading.Event()
+
+    def publish(ticket: int) -> None:
+        entered.set()
+        with order.turn(ticket, abort):
+            sent.append(ticket)
+
+    late = threading.Thread(target=publish, args=(t2,))
+    late.start()
+    assert entered.wait(5)
+    order.release(t1)  # batch 1 failed before publishing: it passes its turn on
+    assert sent == [], "ticket 2 published before ticket 0"
+    publish(t0)
+    late.join(5)
+    assert sent == [t0, t2] and not late.is_alive()
+    order.release(t0)  # releasing a passed ticket again is harmless
+    # a batch whose turn never comes gives up when the shutdown aborts it
+    t3, t4 = order.ticket(), order.ticket()
+    abort.set()
+    with pytest.raises(PublishAborted), order.turn(t4, abort):
+        pass
+    with order.turn(t3, abort):  # its own turn still comes at once
+        sent.append(t3)
+    assert sent[-1] == t3
