@@ -406,11 +406,13 @@ class Loop:
         misses_room = self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher)
         hits_room = self.max_ready - len(self.ready)
         room = max(1, hits_room if not len(self.batcher) else min(misses_room, hits_room))
-        if self._tag_batches() >= self.batching.max_in_flight and self.clock.wait(self.freed, timeout_s):
+        slots_taken = self._tag_batches() >= self.batching.max_in_flight
+        if slots_taken and not self._rejoining and self.clock.wait(self.freed, timeout_s):
             # Every batch slot was taken, and a batch finished within the poll's timeout: the next
             # step reaps it and polls with room, instead of the client sleeping out the timeout
             # (cache-hit batches take a few ms; that sleep was a third of the replay). When none
-            # finishes, the consumer is polled as before (group rejoins happen inside poll).
+            # finishes, or while rejoining the group, the consumer is polled as before (kafka-python
+            # completes a rejoin only inside poll).
             return
         try:
             with self.metrics.timed("poll"):
