@@ -236,11 +236,12 @@ class TagBatch:
             # Waiting for another batch's graph run is not this batch's inference: its own stage.
             take = getattr(engine, "take_graph_wait", None)
             waited = take() if take is not None else 0.0
+            own = max(0.0, m.now() - started - waited)
             m.stage.labels("graph_wait").observe(waited)
-            m.stage.labels("inference").observe(max(0.0, m.now() - started - waited))
+            m.stage.labels("inference").observe(own)
         if len(items) > 1 and all(isinstance(r, Invalid) for r in results):
             raise InferenceFault(f"all {len(items)} items failed inference one by one")
-        m.inference.observe(max(0.0, m.now() - started - waited))
+        m.inference.observe(own)
         return results
 
     def _bisect(self, items: list[Valid], engine: Engine) -> list[Annotated | Invalid]:
