@@ -25,7 +25,7 @@ from worker.outputs import BuildMessages
 from worker.records import DecodeRecords, Parsed
 from worker.review_queue import RouteReview
 from worker.settings import EvidenceSettings, KafkaSettings, LimitSettings, ModelSettings, ReviewSettings
-from worker.tagging import Explain, Tagged, _rebased, result_from_cache, tags_to_cache
+from worker.tagging import Explain, Tagged, _for_fields, fields_print, result_from_cache, tags_to_cache
 from worker.transport import ConsumedRecord
 
 
@@ -42,11 +42,14 @@ def hit_costs(model_dir: Path, products: list[dict[str, str]], repeat: int = 5) 
         encoded = engine.encode([p.text for p in chunk])
         outputs = engine.run(encoded)
         entries += [
-            tags_to_cache(t, near) for t, near in explain(engine, chunk, outputs, engine.decode(encoded, outputs))
+            tags_to_cache(t, near, fields_print(p.product.title, p.product.description))
+            for p, (t, near) in zip(
+                chunk, explain(engine, chunk, outputs, engine.decode(encoded, outputs)), strict=True
+            )
         ]
     results = [result_from_cache(e) for e in entries]
-    assert all(r is not None for r in results)
-    tagged = [Tagged(p, r[0], True, r[1]) for p, r in zip(parsed, results, strict=True) if r is not None]
+    tagged = [Tagged(p, r, True) for p, r in zip(parsed, results, strict=True) if r is not None]
+    assert len(tagged) == len(parsed)
     route = RouteReview(ReviewSettings(), "review", Metrics())
     build = BuildMessages(KafkaSettings(), engine, LimitSettings())
 
@@ -59,9 +62,7 @@ def hit_costs(model_dir: Path, products: list[dict[str, str]], repeat: int = 5) 
     steps: dict[str, Callable[[], object]] = {
         "decode (JSON, validation, model text, content hash)": lambda: decode(records, 0.0),
         "cache entry -> tags": lambda: [result_from_cache(e) for e in entries],
-        "evidence check against the product's own text": lambda: [
-            (_rebased(t.tags, t.record), _rebased(t.candidates, t.record)) for t in tagged
-        ],
+        "evidence check against the product's own fields": lambda: [_for_fields(t.result, t.record) for t in tagged],
         "review decision": lambda: route(tagged, engine.explain_basis, {}, 1.75e9, engine),
         "tag event bytes": lambda: build(list(tagged), 1.75e9),
         "offset tracking": offsets,

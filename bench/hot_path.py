@@ -20,7 +20,7 @@ from worker.evidence import EvidenceSpan
 from worker.loop import build_loop
 from worker.metrics import Metrics
 from worker.settings import KafkaSettings, load_settings
-from worker.tagging import tags_to_cache
+from worker.tagging import fields_print, tags_to_cache
 from worker.testing import FakeCache, FakeClock, FakeConsumer, FakeEngine, FakePublisher, ManualExecutor
 
 TITLES = [
@@ -48,7 +48,7 @@ def replay(events: int, partitions: int = 4, evidence: bool = False) -> tuple[fl
     for i in range(events):
         title = f"{TITLES[i % len(TITLES)]} {i % 5000}"
         key = cache_key(settings.redis.key_prefix, engine.model_version, content_hash(compose_text(title)))
-        cache.data[key] = tags_to_cache(with_evidence(title) if evidence else TAGS)
+        cache.data[key] = tags_to_cache(with_evidence(title) if evidence else TAGS, (), fields_print(title, None))
         value = json.dumps({"product_id": f"p-{i}", "title": title}).encode()
         consumer.produce(value, partition=i % partitions, key=f"p-{i}".encode(), ts=1_750_000_000_000)
     executor = ManualExecutor()

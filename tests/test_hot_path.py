@@ -12,7 +12,7 @@ from worker.engine import Tag
 from worker.outputs import BuildMessages, tag_event
 from worker.records import Parsed
 from worker.settings import KafkaSettings
-from worker.tagging import Tagged
+from worker.tagging import Tagged, TagResult
 from worker.transport import ConsumedRecord
 
 IDS = ["p1", 'quote"back\\slash', "ünïcødé-商品-🙂", "tab\tnewline\n", "\x00ctl", "x" * 200]
@@ -28,7 +28,9 @@ def test_event_id_is_uuid5() -> None:
 def _tagged(pid: str, tags: list[Tag], cached: bool, offset: int) -> Tagged:
     src = ConsumedRecord("in-ß", 3, offset, pid.encode(), b"{}", 1)
     text = f"title of {pid}"
-    return Tagged(Parsed(src, 0.0, ProductEvent(product_id=pid, title=text), text, content_hash(text)), tags, cached)
+    return Tagged(
+        Parsed(src, 0.0, ProductEvent(product_id=pid, title=text), text, content_hash(text)), TagResult(tags), cached
+    )
 
 
 def _by_dict(t: Tagged, model_version: str, tagged_at: str) -> bytes:

@@ -3,9 +3,11 @@ fails to load, and the loop switches models between batches (no broker, no sleep
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from schemas.events import TagEvent
 from worker.artifact import ArtifactError, load_manifest
 from worker.decode import cache_key
+from worker.heap import Heap
 from worker.loop import build_loop
 from worker.metrics import Metrics
 from worker.reload import ModelHolder, Watcher
@@ -31,7 +34,7 @@ def engine(version: str) -> FakeEngine:
 
 
 class ReloadRig:
-    def __init__(self, max_items: int = 2, max_in_flight: int = 1) -> None:
+    def __init__(self, max_items: int = 2, max_in_flight: int = 1, heap: Heap | None = None) -> None:
         self.clock = clock = FakeClock()
         self.consumer, self.publisher = FakeConsumer("in", 1), FakePublisher(clock)
         self.old, self.cache = engine("v1"), FakeCache()
@@ -53,6 +56,7 @@ class ReloadRig:
             metrics=metrics,
             executor=self.executor,
             wall_clock=lambda: wall,
+            heap=heap,
         )
         assert self.loop.start()
 
@@ -110,6 +114,36 @@ def test_a_batch_submitted_before_the_switch_runs_with_its_model_even_if_it_star
     r.loop.step()  # v2 live before the batch thread starts [a, b]
     r.executor.run_all()
     assert [e.model_version for e in r.events()] == ["v1", "v1"] and new.inferred == []
+
+
+def test_the_replaced_model_is_collected_once_its_last_batch_is_done() -> None:
+    """The worker freezes its heap (worker/heap.py): a frozen model's reference cycles are never
+    collected, so a reload settles the heap again once no batch of the old model is in flight."""
+    heap = Heap()
+    r = ReloadRig(max_items=2, max_in_flight=1, heap=heap)
+    cyclic = r.old
+    cyclic.self_ref = cyclic  # type: ignore[attr-defined]  # a cycle: only the collector frees it
+    gone = weakref.ref(cyclic)
+    try:
+        heap.settle()  # as `Loop.run` does after start
+        assert gc.get_freeze_count() > 0
+        r.produce("a", "b")
+        r.loop.step()
+        r.loop.step()
+        assert len(r.executor.queue) == 1  # a v1 batch in flight
+        r.models.offer(engine("v2"))
+        r.loop.step()
+        del cyclic
+        r.old = None  # type: ignore[assignment]
+        r.loop.step()
+        assert heap.unsettled and gone() is not None, "its batch still runs with it"
+        r.executor.run_all()
+        r.loop.step()
+        assert not heap.unsettled
+        assert gone() is None, "the old model stayed in the frozen heap"
+        assert [e.model_version for e in r.events()] == ["v1", "v1"]
+    finally:
+        gc.unfreeze()
 
 
 def test_cache_lookups_after_the_switch_use_the_new_version() -> None:

@@ -27,7 +27,7 @@ from worker.lexical import LexicalChannel, Trace
 from worker.overrides import Override, apply_overrides
 from worker.review_queue import review_reasons
 from worker.settings import LimitSettings
-from worker.tagging import result_from_cache, tags_from_cache, tags_to_cache
+from worker.tagging import legacy_entry, result_from_cache, tags_from_cache, tags_to_cache
 
 BRANDS = ["brand:Nike", "brand:Puma", "brand:Sony", "brand:华为", "brand:小米"]
 LABELS = [*BRANDS, "category:Footwear", "category:Electronics"]
@@ -122,15 +122,46 @@ def test_near_misses_and_expected_facets(basis: ExplainBasis) -> None:
     assert basis.expected_facets(1.0) == set(), "1.0 switches empty-facet routing off"
 
 
-def test_cache_entries_keep_evidence_and_candidates_and_read_the_old_format() -> None:
+def test_cache_entries_keep_evidence_and_candidates_and_read_the_old_formats() -> None:
     ev = (EvidenceSpan("title", 0, 4, "Nike"),)
     tags = [Tag("brand:Nike", 0.91, ev), Tag("category:Footwear", 0.8)]
     cands = [Tag("brand:Puma", 0.25)]
-    assert result_from_cache(tags_to_cache(tags, cands)) == (tags, cands)
-    assert tags_to_cache([Tag("a:b", 0.5)]) == b'[["a:b",0.5]]', "nothing new: the first format, byte for byte"
+    entry = tags_to_cache(tags, cands, "f1")
+    head, published, near = (json.loads(line) for line in entry.split(b"\n"))
+    assert head == {
+        "v": 3,
+        "fields": "f1",
+        "tags": [["brand:Nike", 0.91], ["category:Footwear", 0.8]],
+        "candidates": [["brand:Puma", 0.25]],
+    }
+    assert published[0] == {
+        "tag": "brand:Nike",
+        "score": 0.91,
+        "evidence": [{"field": "title", "start": 0, "end": 4, "text": "Nike"}],
+    }, "kept as published"
+    assert near == [{"tag": "brand:Puma", "score": 0.25}]
+    r = result_from_cache(entry)
+    assert r is not None and r.fields == "f1"
+    assert r.scored() == ([Tag("brand:Nike", 0.91), Tag("category:Footwear", 0.8)], cands), "no spans parsed"
+    assert (r.tags, r.candidates) == (tags, cands)
+    assert json.loads(r.json()) == published
+    for old, want in ((legacy_entry(tags, cands), (tags, cands)), (b'[["a:b",0.5]]', ([Tag("a:b", 0.5)], []))):
+        r = result_from_cache(old)
+        assert r is not None and (r.tags, r.candidates) == want and r.fields is None
+        assert r.scored() == want
     assert tags_from_cache(b'[["a:b",0.5]]') == [Tag("a:b", 0.5)]
-    assert result_from_cache(b'{"tags": 3}') is None
-    assert result_from_cache(b'[["a:b", 0.5, [["title", "0", 4, "Nike"]]]]') is None, "corrupt spans: a miss"
+    for corrupt in (
+        b'{"tags": 3}',
+        b'[["a:b", 0.5, [["title", "0", 4, "Nike"]]]]',  # spans of the wrong types
+        b'{"v": 3, "fields": "f", "tags": [[1, 0.5]], "candidates": []}\n[]\n[]',
+        b'{"v": 3, "fields": "f", "tags": [["a:b", "high"]], "candidates": []}\n[]\n[]',
+        b'{"v": 3, "fields": "f", "tags": [], "candidates": []}\n[]',
+        b'{"v": 3, "fields": "f", "tags": [], "candidates": []}\n[{"tag": "a:\n[]',
+        b'{"v": 3, "fields": "f", "tags": []}\n[]\n[]',
+        b'["v", 3]\n[]\n[]',
+        b'{"v": 4, "fields": "f", "tags": [], "candidates": []}\n[]\n[]',  # a newer writer's: re-inferred
+    ):
+        assert result_from_cache(corrupt) is None, corrupt
 
 
 def test_rebase_moves_spans_to_another_products_whitespace() -> None:

@@ -13,7 +13,7 @@ from worker.metrics import Metrics
 from worker.outputs import BuildMessages
 from worker.records import DecodeRecords, Parsed, Tokenize, Valid
 from worker.settings import KafkaSettings, LimitSettings
-from worker.tagging import Tagged
+from worker.tagging import Tagged, TagResult
 from worker.testing import FakeEngine
 from worker.transport import ConsumedRecord
 
@@ -50,7 +50,7 @@ def _event_bytes() -> bytes:
     assert isinstance(parsed[0], Parsed)
     valid = Tokenize(engine, metrics)([parsed[0]])[0]
     assert isinstance(valid, Valid)
-    (msg,) = BuildMessages(KafkaSettings(), engine)([Tagged(valid, [], cached=False)], 1_750_000_000.0)
+    (msg,) = BuildMessages(KafkaSettings(), engine)([Tagged(valid, TagResult([]), cached=False)], 1_750_000_000.0)
     return msg.value
 
 

@@ -6,12 +6,14 @@ import json
 
 from schemas.events import DeadLetter, TagEvent
 from worker.decode import cache_key
+from worker.engine import Encoded, Outputs, Tag
+from worker.evidence import EvidenceSpan
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.outputs import BuildMessages
 from worker.records import DecodeRecords, Parsed, Rejected, Tokenize, Valid
 from worker.settings import KafkaSettings, LimitSettings
-from worker.tagging import CacheLookup, TagBatch, Tagged, tags_to_cache
+from worker.tagging import CacheLookup, TagBatch, Tagged, TagResult, fields_print, tags_to_cache
 from worker.testing import FakeCache, FakeEngine
 from worker.transport import ConsumedRecord, TopicPartition
 
@@ -89,7 +91,45 @@ def test_a_corrupt_cache_entry_is_a_miss() -> None:
     assert misses == [records[1]]
     TagBatch(engine, cache, "t:", Metrics())([records[1]])
     assert engine.runs == 1
-    assert json.loads(cache.data[keys[1]]) == [["words:2", 0.8999999761581421]]  # refilled
+    head, published, _ = cache.data[keys[1]].split(b"\n")  # refilled
+    assert json.loads(published) == [{"tag": "words:2", "score": 0.8999999761581421}]
+
+
+def test_a_hit_is_published_as_cached_and_its_evidence_follows_each_products_own_fields() -> None:
+    engine, cache = FakeEngine(), FakeCache()
+    spans = (EvidenceSpan("title", 0, 4, "Nike"), EvidenceSpan("title", 5, 9, "shoe"))
+    tags = [Tag("brand:Nike", 0.9, spans[:1]), Tag("type:shoe", 0.7, spans[1:]), Tag("colour:red", 0.6)]
+    same, spaced = (
+        r for r in _decode(engine, _record(0, "Nike shoe"), _record(1, "  Nike   shoe")) if isinstance(r, Valid)
+    )
+    assert same.chash == spaced.chash, "one model text, so one cache entry"
+    cache.data[cache_key("t:", engine.model_version, same.chash)] = tags_to_cache(
+        tags, (), fields_print("Nike shoe", None)
+    )
+    hits, misses = CacheLookup(cache, "t:", engine, Metrics())([same, spaced])
+    assert misses == [] and [h.cached for h in hits] == [True, True]
+    events = [TagEvent.model_validate_json(m.value) for m in BuildMessages(KafkaSettings(), engine)(list(hits), 1.7e9)]
+    evidence = [[[(e.start, e.end, e.text) for e in t.evidence or []] for t in ev.tags] for ev in events]
+    assert evidence[0] == [[(0, 4, "Nike")], [(5, 9, "shoe")], []], "same fields: as cached"
+    assert evidence[1] == [[(2, 6, "Nike")], [(9, 13, "shoe")], []], "other whitespace: moved to this title"
+    assert [t.tag for t in events[1].tags] == ["brand:Nike", "type:shoe", "colour:red"]
+
+
+def test_identical_texts_in_a_batch_get_evidence_in_their_own_fields() -> None:
+    class Spans(FakeEngine):
+        def decode(self, items: list[Encoded], outputs: Outputs) -> list[list[Tag]]:
+            return [
+                [t._replace(evidence=(EvidenceSpan("title", 0, 3, "red"),)) for t in row]
+                for row in super().decode(items, outputs)
+            ]
+
+    engine, cache = Spans(), FakeCache()
+    batch = [r for r in _decode(engine, _record(0, "red cap"), _record(1, " red  cap")) if isinstance(r, Valid)]
+    out = TagBatch(engine, cache, "t:", Metrics())(batch)
+    assert engine.runs == 1, "one text: inferred once"
+    assert [[e.start for e in o.tags[0].evidence] for o in out if isinstance(o, Tagged)] == [[0], [1]]
+    (entry,) = cache.data.values()
+    assert json.loads(entry.split(b"\n")[0])["fields"] == fields_print("red cap", None), "whose fields its spans index"
 
 
 def test_inference_failure_is_isolated_to_the_poison_item() -> None:
@@ -106,7 +146,9 @@ def test_messages_validate_against_the_contracts() -> None:
     valid, rejected = _decode(engine, _record(0, "red shirt"), ConsumedRecord("in", 0, 1, None, b"\xff", 5))
     assert isinstance(valid, Valid) and isinstance(rejected, Rejected)
     k = KafkaSettings(output_topic="out", dlq_topic="dlq")
-    tag_msg, dead_msg = BuildMessages(k, engine)([Tagged(valid, [], cached=False), rejected], 1_750_000_000.0)
+    tag_msg, dead_msg = BuildMessages(k, engine)(
+        [Tagged(valid, TagResult([]), cached=False), rejected], 1_750_000_000.0
+    )
     ev = TagEvent.model_validate_json(tag_msg.value)
     assert (tag_msg.topic, tag_msg.key, ev.source_offset) == ("out", b"p0", 0)
     assert (ev.model_version, ev.taxonomy_version) == ("fake-1", "tax-1")

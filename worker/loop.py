@@ -28,6 +28,7 @@ from worker.cache import Cache
 from worker.clock import Abort, Clock
 from worker.feedback import ApplyFeedback, FeedbackResult
 from worker.health import Health
+from worker.heap import Heap
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.outputs import BuildMessages
@@ -167,6 +168,7 @@ class Loop:
         feedback_executor: Executor | None = None,
         feedback_batch: int = 500,
         order: SendOrder | None = None,
+        heap: Heap | None = None,
     ) -> None:
         self.connect, self.kafka, self.batching = connect, kafka, batching
         self.drain_timeout_s = shutdown.drain_timeout_s
@@ -177,6 +179,8 @@ class Loop:
         # publishing in submission order (`order`: tickets taken here, on the poll thread).
         self.executor = executor or ThreadPoolExecutor(max_workers=batching.max_in_flight, thread_name_prefix="batch")
         self.order = order
+        self.heap = heap  # None: the collector as Python sets it (tests, benchmarks in-process)
+        self._old_batches: set[int] = set()  # in flight with the model a reload replaced
         # Cache hits and dead letters need no inference: a batch of them may hold up to a whole poll.
         self.max_ready = max(batching.max_items, kafka.max_poll_records)
         self.models = models  # None: a fixed model (the steps' own engine)
@@ -213,6 +217,8 @@ class Loop:
     def run(self) -> int:
         if self.consumer is None and not self.start():
             return 0
+        if self.heap is not None:
+            self.heap.settle()  # all that start-up loaded lives as long as the process (worker/heap.py)
         try:
             while not self.stop.is_set() and not self.failed:
                 self.step()
@@ -307,6 +313,9 @@ class Loop:
         while len(self.batcher):
             self._submit(list(self.batcher.take()))
         self.models.activate(new)
+        if self.heap is not None:
+            self.heap.reloaded()
+            self._old_batches = set(self.in_flight)
 
     def _reap(self) -> None:
         self.freed.clear()  # before looking: a batch finishing from here on sets it again
@@ -328,6 +337,8 @@ class Loop:
             if not isinstance(exc, PublishAborted):
                 log.error("batch failed; stopping without committing it", exc_info=exc)
                 self.failed = True
+        if self.heap is not None and self.heap.unsettled and not self._old_batches.intersection(self.in_flight):
+            self.heap.settle()  # the old model's last batch is done: its cycles can go
         self.metrics.in_flight.set(len(self.in_flight))
 
     def _commit(self, force: bool = False, timeout_s: float | None = None) -> None:
@@ -611,6 +622,7 @@ def build_loop(
     overrides: OverrideStore | None = None,
     feedback_executor: Executor | None = None,
     wall_clock: Callable[[], float] = time.time,
+    heap: Heap | None = None,
 ) -> Loop:
     """The poll loop and its steps, each given its own settings section. `engine` is a fixed model,
     or a `ModelHolder` that the loop switches between batches on a hot reload. Fresh metrics and
@@ -660,4 +672,5 @@ def build_loop(
         feedback_executor=feedback_executor,
         feedback_batch=settings.feedback.max_items,
         order=order,
+        heap=heap,
     )

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from worker.cache import Cache, NoCache, RedisCache
     from worker.clock import RealClock
     from worker.health import Health, serve
+    from worker.heap import Heap
     from worker.loop import build_loop
     from worker.metrics import Metrics
     from worker.overrides import RedisOverrides
@@ -154,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         health=health,
         shadow=shadow,
         overrides=store,
+        heap=Heap(),
     )
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -14,10 +14,9 @@ import orjson
 
 from schemas.events import DeadLetter, DeadLetterReason
 from worker.decode import event_id
-from worker.engine import Tag
 from worker.records import Rejected, where
 from worker.settings import KafkaSettings, LimitSettings
-from worker.tagging import Tagged
+from worker.tagging import Tagged, tag_dict
 from worker.transport import ConsumedRecord
 
 log = logging.getLogger(__name__)
@@ -41,19 +40,6 @@ def tag_event(
     return _TagEvents(model_version, tagged_at, topic, taxonomy_version)(t)
 
 
-def _tag_dict(x: Tag) -> dict[str, Any]:
-    d: dict[str, Any] = {"tag": x.tag, "score": float(min(1.0, max(0.0, x.score)))}
-    if x.evidence:  # optional fields (issue 13): absent rather than null, so events stay as small as before
-        d["evidence"] = [{"field": e.field, "start": e.start, "end": e.end, "text": e.text} for e in x.evidence]
-    if x.source is not None:
-        d["source"] = x.source
-    return d
-
-
-def _tags_json(tags: list[Tag]) -> bytes:
-    return orjson.dumps([_tag_dict(x) for x in tags])
-
-
 # The tag event's JSON (schemas/events.py TagEvent) with its fields in a fixed order, filled per event
 # from pre-serialised parts: byte for byte what orjson.dumps gives for the same dict (a test checks),
 # without building a dict and a tag list per event (~30% of the cache-hit path).
@@ -65,28 +51,24 @@ _TEMPLATE = (
 
 class _TagEvents:
     """Tag events of one batch: the batch's constants serialised once; the tags of one result
-    (a cache entry or an inference shared by identical texts) serialised once."""
+    (a cache entry or an inference shared by identical texts) serialised once (`TagResult.json`)."""
 
     def __init__(self, model_version: str, tagged_at: str, topic: str, taxonomy_version: str | None = None) -> None:
         self.model_version, self.topic = model_version, topic
         self.version_json, self.tagged_at_json = orjson.dumps(model_version), orjson.dumps(tagged_at)
         self.taxonomy_json = orjson.dumps(taxonomy_version)
-        self.tags_json: dict[int, tuple[list[Tag], bytes]] = {}  # id(tags) -> (tags kept alive, JSON)
         self.topic_json: dict[str, bytes] = {}
 
     def __call__(self, t: Tagged) -> OutMessage:
         r, product = t.record, t.record.product
         src, pid = r.source, product.product_id
-        entry = self.tags_json.get(id(t.tags))
-        if entry is None:
-            entry = self.tags_json[id(t.tags)] = (t.tags, _tags_json(t.tags))
         source_topic = self.topic_json.get(src.topic)
         if source_topic is None:
             source_topic = self.topic_json[src.topic] = orjson.dumps(src.topic)
         value = _TEMPLATE % (
             event_id(pid, r.chash, self.model_version).encode(),
             orjson.dumps(pid),
-            entry[1],
+            t.result.json(),  # once per result: identical texts share theirs
             self.version_json,
             self.taxonomy_json,
             r.chash.encode(),
@@ -198,7 +180,7 @@ def review_item(t: Tagged, reasons: list[dict[str, Any]], model: ModelId, tagged
         {
             "event_id": event_id(pid, r.chash, model.model_version),
             "product_id": pid,
-            "tags": [_tag_dict(x) for x in t.tags],
+            "tags": orjson.Fragment(t.result.json()),
             "model_version": model.model_version,
             "taxonomy_version": model.taxonomy_version,
             "content_hash": r.chash,
@@ -210,7 +192,7 @@ def review_item(t: Tagged, reasons: list[dict[str, Any]], model: ModelId, tagged
             "title": product.title,
             "description": product.description,
             "reasons": reasons,
-            "candidates": [_tag_dict(x) for x in t.candidates],
+            "candidates": [tag_dict(x) for x in t.candidates],
         }
     )
     return OutMessage(topic, pid.encode(), value, src, tagged=True)

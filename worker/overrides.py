@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
@@ -32,7 +32,7 @@ from worker.contract import slot_of
 from worker.engine import Tag
 from worker.metrics import Metrics
 from worker.records import Rejected
-from worker.tagging import Tagged
+from worker.tagging import Tagged, TagResult
 
 log = logging.getLogger(__name__)
 HUMAN = "human"
@@ -224,6 +224,6 @@ class ApplyOverrides:
                 out.append(o)
                 continue
             tags, near = apply_overrides(o.tags, o.candidates, decided, single_slots)
-            out.append(replace(o, tags=tags, candidates=near))
+            out.append(Tagged(o.record, TagResult(tags, near, o.result.fields), o.cached))
             self.metrics.overrides_applied.inc()
         return out, {pid: {facet_of(t) for t in ov} for pid, ov in found.items()}

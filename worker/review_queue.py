@@ -93,8 +93,9 @@ class RouteReview:
                 continue
             self.metrics.review_considered.inc()
             pid = o.record.product.product_id
+            tags, near = o.result.scored()  # names and scores: a cache hit's evidence stays unparsed
             reasons = review_reasons(
-                o.tags, o.candidates, basis.threshold, expected, self.margin, settled.get(pid, ()), self.near_misses
+                tags, near, basis.threshold, expected, self.margin, settled.get(pid, ()), self.near_misses
             )
             if not reasons:
                 continue

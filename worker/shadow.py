@@ -15,7 +15,7 @@ from schemas.training import facet_of
 from worker.metrics import Metrics
 from worker.outputs import OutMessage, tag_event
 from worker.records import Rejected
-from worker.tagging import Engine, Tagged
+from worker.tagging import Engine, Tagged, TagResult
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class ShadowRun:
             m.shadow_removed.inc(agree.removed)
             m.shadow_identical.inc(agree.identical)
             m.shadow_items.inc()
-            shadowed = Tagged(t.record, shadow_tags, cached=False)
+            shadowed = Tagged(t.record, TagResult(shadow_tags), cached=False)
             out.append(
                 tag_event(shadowed, self.engine.model_version, tagged_at, self.topic, self.engine.taxonomy_version)
             )

@@ -8,9 +8,10 @@ the rest is tagged. Pure logic over two Protocols (`Engine`, `Cache`), tested wi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -59,18 +60,162 @@ class Engine(Protocol):
         """Labels, thresholds, lexical channel (evidence, review); None: a model without them."""
 
 
+def tag_dict(x: Tag) -> dict[str, Any]:
+    """A tag as published (schemas/events.py TagScore), and as a cache entry keeps it."""
+    d: dict[str, Any] = {"tag": x.tag, "score": float(min(1.0, max(0.0, x.score)))}
+    if x.evidence:  # optional fields (issue 13): absent rather than null, so events stay as small as before
+        d["evidence"] = [{"field": e.field, "start": e.start, "end": e.end, "text": e.text} for e in x.evidence]
+    if x.source is not None:
+        d["source"] = x.source
+    return d
+
+
+def tags_json(tags: Sequence[Tag]) -> bytes:
+    return orjson.dumps([tag_dict(x) for x in tags])
+
+
+def fields_print(title: str, description: str | None) -> str:
+    """Which original fields a result's evidence spans index. Products sharing a cache entry share
+    their model text, not always their fields (whitespace is collapsed): a hit whose fields differ
+    has its spans checked and moved (`_rebased`); one with the same fields is published as read."""
+    d = description or ""
+    return hashlib.blake2b(f"{len(title)}:{title}{d}".encode(), digest_size=8).hexdigest()
+
+
+def _scored(pairs: Any) -> list[Tag]:
+    """[[tag, score], ...] of an entry's header -> `Tag`s without evidence; TypeError/ValueError for
+    anything else (a corrupt entry: a miss)."""
+    out = []
+    for tag, score in pairs:
+        if type(tag) is not str or type(score) not in (float, int):
+            raise TypeError("not a tag and a score")
+        out.append(Tag(tag, score))
+    return out
+
+
+def _from_dict(d: dict[str, Any]) -> Tag:
+    """A published tag with its evidence; spans of the wrong types are dropped (the tag is kept)."""
+    try:
+        spans = tuple(EvidenceSpan(e["field"], e["start"], e["end"], e["text"]) for e in d.get("evidence", ()))
+        if not all(type(e.start) is int and type(e.end) is int and type(e.text) is str for e in spans):
+            raise TypeError("evidence span of the wrong types")
+    except (TypeError, KeyError):
+        log.warning("cache entry with malformed evidence for %r: published without it", d.get("tag"))
+        spans = ()
+    return Tag(d["tag"], float(d["score"]), spans, d.get("source"))
+
+
+def _is_list(segment: bytes) -> bool:
+    return segment[:1] == b"[" and segment[-1:] == b"]"
+
+
+class TagResult:
+    """One text's tags and near misses, shared by every item of a batch with that text.
+
+    From inference: `Tag` lists. From a cache entry (`entry`): its header (names, scores, whose
+    fields) and the published JSON of its tags and near misses, parsed into `Tag`s with their
+    evidence only when something needs them (overrides, a review item, other fields). A hit's tag
+    event embeds the tags' JSON as read, and its review decision reads the header; building every
+    evidence span of every hit was the poll thread's largest cost in the cache-hit replay (py-spy).
+    Never changed once built: overrides and moved evidence make a new result."""
+
+    __slots__ = ("_tags", "_candidates", "_json", "_near_json", "_scored", "fields")
+
+    def __init__(self, tags: list[Tag], candidates: list[Tag] | None = None, fields: str | None = None) -> None:
+        self._tags: list[Tag] | None = tags
+        self._candidates: list[Tag] | None = candidates if candidates is not None else []
+        self._json: bytes | None = None
+        self._near_json: bytes | None = None
+        self._scored: tuple[list[Tag], list[Tag]] | None = None
+        self.fields = fields  # fields_print of the fields its evidence indexes (None: unknown)
+
+    @classmethod
+    def published(cls, raw: bytes, cut: int) -> TagResult:
+        """From a cache entry (header up to `cut`); TypeError/KeyError/ValueError when it is not one of ours."""
+        head = orjson.loads(raw[:cut])
+        fields = head["fields"]
+        if head.get("v") != ENTRY_VERSION or type(fields) is not str:
+            raise TypeError("not a cache entry of this version")
+        near_at = raw.index(b"\n", cut + 1)
+        tags_json, near_json = raw[cut + 1 : near_at], raw[near_at + 1 :]
+        if not (_is_list(tags_json) and _is_list(near_json)):
+            raise ValueError("not a cache entry of this version")
+        r = cls.__new__(cls)
+        r._tags = r._candidates = None
+        r._json, r._near_json, r.fields = tags_json, near_json, fields
+        r._scored = (_scored(head["tags"]), _scored(head["candidates"]))
+        return r
+
+    @property
+    def tags(self) -> list[Tag]:
+        if self._tags is None:
+            self._tags = [_from_dict(d) for d in orjson.loads(self.json())]
+        return self._tags
+
+    @property
+    def candidates(self) -> list[Tag]:
+        if self._candidates is None:
+            assert self._near_json is not None
+            self._candidates = [_from_dict(d) for d in orjson.loads(self._near_json)]
+        return self._candidates
+
+    def scored(self) -> tuple[list[Tag], list[Tag]]:
+        """(tags, near misses) with names, scores and sources; evidence only if already parsed."""
+        if self._scored is not None:
+            return self._scored
+        return self.tags, self.candidates
+
+    def json(self) -> bytes:
+        """The tags as a tag event carries them (`tags_json`), serialised once per result."""
+        if self._json is None:
+            self._json = tags_json(self.tags)
+        return self._json
+
+    def entry(self) -> bytes:
+        """What the cache keeps: a header line (version, whose fields, names and scores), then the
+        published JSON of the tags and of the near misses, one line each (JSON has no raw newline)."""
+        head = {
+            "v": ENTRY_VERSION,
+            "fields": self.fields or "",
+            "tags": [[t.tag, t.score] for t in self.tags],
+            "candidates": [[t.tag, t.score] for t in self.candidates],
+        }
+        return b"\n".join((orjson.dumps(head), self.json(), tags_json(self.candidates)))
+
+    def rebased(self, r: Parsed) -> TagResult:
+        """This result with its evidence checked against `r`'s own fields (moved where they differ)."""
+        return TagResult(_rebased(self.tags, r), _rebased(self.candidates, r), fields_print(*_fields(r)))
+
+
+def _fields(r: Parsed) -> tuple[str, str | None]:
+    return r.product.title, r.product.description
+
+
 @dataclass(frozen=True)
 class Tagged:
     record: Parsed
-    tags: list[Tag]
+    result: TagResult
     cached: bool
-    candidates: list[Tag] = field(default_factory=list)  # near misses below threshold (review)
+
+    @property
+    def tags(self) -> list[Tag]:
+        return self.result.tags
+
+    @property
+    def candidates(self) -> list[Tag]:
+        """Near misses below threshold (review)."""
+        return self.result.candidates
 
 
-# Cache entries: `[[tag, score], ...]` (the first format, still written when there is nothing more),
-# `[tag, score, [[field, start, end, text], ...]]` for a tag with evidence, and
-# `{"tags": [...], "candidates": [...]}` when the item has near misses. A reader of the first format
-# takes the newer ones for corrupt entries, i.e. misses (a rolling upgrade re-infers them once).
+# Cache entries. Written now (ENTRY_VERSION 3, `TagResult.entry`): a header line `{"v": 3, "fields":
+# ..., "tags": [[tag, score], ...], "candidates": [...]}`, then the tags' and the near misses' JSON as
+# published (`tags_json`), a line each. Still read: `[[tag, score], ...]`
+# (the first format), `[tag, score, [[field, start, end, text], ...]]` for a tag with evidence, and
+# `{"tags": [...], "candidates": [...]}` with near misses. Readers of the older formats take version
+# 3 entries for corrupt ones, i.e. misses (a rolling upgrade re-infers them once).
+ENTRY_VERSION = 3
+
+
 def _entry(t: Tag) -> list[Any]:
     if not t.evidence:
         return [t.tag, float(t.score)]
@@ -88,27 +233,34 @@ def _tag(e: Sequence[Any]) -> Tag:
     return Tag(str(e[0]), float(e[1]), tuple(spans))
 
 
-def tags_to_cache(tags: list[Tag], candidates: Sequence[Tag] = ()) -> bytes:
+def legacy_entry(tags: list[Tag], candidates: Sequence[Tag] = ()) -> bytes:
+    """An entry of the formats before version 3 (tests and the upgrade path read them)."""
     body = [_entry(t) for t in tags]
     if not candidates:
         return orjson.dumps(body)
     return orjson.dumps({"tags": body, "candidates": [_entry(t) for t in candidates]})
 
 
-def result_from_cache(raw: bytes) -> tuple[list[Tag], list[Tag]] | None:
-    """(tags, candidates); None for anything that is not our format: a corrupt entry is a miss."""
+def tags_to_cache(tags: list[Tag], candidates: Sequence[Tag] = (), fields: str | None = None) -> bytes:
+    return TagResult(tags, list(candidates), fields).entry()
+
+
+def result_from_cache(raw: bytes) -> TagResult | None:
+    """None for anything that is not one of our formats: a corrupt entry is a miss."""
     try:
+        if (cut := raw.find(b"\n")) > 0:
+            return TagResult.published(raw, cut)
         obj = orjson.loads(raw)
         if isinstance(obj, dict):
-            return [_tag(e) for e in obj["tags"]], [_tag(e) for e in obj.get("candidates", [])]
-        return [_tag(e) for e in obj], []
+            return TagResult([_tag(e) for e in obj["tags"]], [_tag(e) for e in obj.get("candidates", [])])
+        return TagResult([_tag(e) for e in obj])
     except (ValueError, TypeError, KeyError, IndexError):  # orjson.JSONDecodeError is a ValueError
         return None
 
 
 def tags_from_cache(raw: bytes) -> list[Tag] | None:
     result = result_from_cache(raw)
-    return None if result is None else result[0]
+    return None if result is None else result.tags
 
 
 def _rebased(tags: list[Tag], r: Parsed) -> list[Tag]:
@@ -155,6 +307,11 @@ class Explain:
         return out
 
 
+def _for_fields(result: TagResult, r: Parsed) -> TagResult:
+    """`result` as it applies to `r`: as it is when its evidence indexes `r`'s own fields."""
+    return result if result.fields == fields_print(*_fields(r)) else result.rebased(r)
+
+
 def _unique(items: list[Parsed]) -> dict[str, int]:
     """content hash -> index of its first item"""
     first: dict[str, int] = {}
@@ -185,8 +342,7 @@ class CacheLookup:
             if result is None:
                 misses.append(r)
             else:
-                tags, near = result
-                hits.append(Tagged(r, _rebased(tags, r), cached=True, candidates=_rebased(near, r)))
+                hits.append(Tagged(r, _for_fields(result, r), cached=True))
         self.metrics.cache_hits.inc(len(hits))
         self.metrics.cache_misses.inc(len(misses))
         return hits, misses
@@ -208,9 +364,12 @@ class TagBatch:
         engine = engine or self.engine
         first = _unique(list(batch))
         unique = [batch[i] for i in first.values()]
-        inferred = dict(zip(first, self._infer(unique, engine), strict=True))
+        inferred: dict[str, TagResult | Invalid] = {
+            h: a if isinstance(a, Invalid) else TagResult(a[0], a[1], fields_print(*_fields(r)))
+            for (h, a), r in zip(zip(first, self._infer(unique, engine), strict=True), unique, strict=True)
+        }
         fresh = {
-            cache_key(self.key_prefix, engine.model_version, h): tags_to_cache(*t)
+            cache_key(self.key_prefix, engine.model_version, h): t.entry()
             for h, t in inferred.items()
             if not isinstance(t, Invalid)
         }
@@ -223,7 +382,7 @@ class TagBatch:
             if isinstance(result, Invalid):
                 out.append(Rejected(r.source, r.received, result))
             else:
-                out.append(Tagged(r, result[0], cached=False, candidates=result[1]))
+                out.append(Tagged(r, _for_fields(result, r), cached=False))
         return out
 
     def _infer(self, items: list[Valid], engine: Engine) -> list[Annotated | Invalid]:
