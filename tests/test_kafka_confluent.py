@@ -263,6 +263,22 @@ def test_delivery_failures_surface_as_failed_deliveries(broker: str, unique: str
     assert closed.is_done and not closed.succeeded() and isinstance(closed.exception, DeliveryFailed)
 
 
+def test_warm_up_connects_ahead_of_the_first_send_and_never_raises(broker: str, unique: str) -> None:
+    topic = f"warm-{unique}"
+    create_topics(broker, {topic: 2})
+    publisher = ConfluentPublisher(settings(broker, unique))
+    publisher.warm([topic], timeout_s=10)
+    assert publisher._producer is not None, "the client exists before the first batch"
+    assert len(publisher._producer.list_topics(topic, timeout=0.5).topics[topic].partitions) == 2
+    report = publisher.send(topic, None, b"after warm-up")
+    assert publisher.flush(30) and report.succeeded()
+    publisher.close(10)
+    publisher.warm([topic], timeout_s=1)  # closed: logged, not raised
+    nowhere = ConfluentPublisher(settings(f"127.0.0.1:{free_port()}", unique))
+    nowhere.warm([topic], timeout_s=0.5)  # unreachable: logged, not raised
+    nowhere.close(0.5)
+
+
 def test_unacknowledged_records_fail_after_the_produce_timeout(unique: str) -> None:
     nobody = f"127.0.0.1:{free_port()}"
     publisher = ConfluentPublisher(settings(nobody, unique, produce_timeout_s=1.0))

@@ -88,6 +88,14 @@ def test_publisher_flush_reports_acknowledgement(out_publisher: tuple[KafkaPubli
     assert all(d.is_done and d.succeeded() for d in deliveries)
 
 
+def test_warm_up_learns_the_topic_before_the_first_send(out_publisher: tuple[KafkaPublisher, str]) -> None:
+    pub, topic = out_publisher
+    pub.warm([topic], timeout_s=10)
+    assert pub._producer is not None and pub._producer._metadata.partitions_for_topic(topic) == {0}
+    delivery = pub.send(topic, b"k", b"v")
+    assert pub.flush(10) and delivery.succeeded()
+
+
 def test_a_record_over_the_size_limit_fails_alone_and_permanently(out_publisher: tuple[KafkaPublisher, str]) -> None:
     # Before: send() raised for the whole batch and the loop retried it forever.
     pub, topic = out_publisher

@@ -567,10 +567,21 @@ def test_a_batch_failing_before_it_publishes_does_not_hold_up_the_next() -> None
 def test_cache_hits_go_out_in_batches_of_up_to_a_whole_poll() -> None:
     r = rig(max_items=2, max_in_flight=1)
     r.produce(range(20))
+    r.loop.step()
+    assert len(r.loop.batcher) == 4, "misses are polled no faster than the batch threads take them (2 x 2)"
     r.run_all()
     batches = r.gauge("tagger_batch_size_count")
     r.produce(range(20))  # the same products again: every one a cache hit
     r.run_all()
     assert r.engine.runs == 10, "a hit was inferred again"
-    assert r.gauge("tagger_batch_size_count") == batches + 1  # one batch of 20, not ten of max_items
+    # The first poll after misses is bounded like misses (4), the next takes the other 16 at once.
+    assert r.gauge("tagger_batch_size_count") == batches + 2
+    assert r.gauge("tagger_batch_size_sum") == 40
     assert r.products()[20:] == [f"p-{i}" for i in range(20)]
+    r.produce(range(100, 120))  # misses again: the first poll is a whole one (hits before), once
+    r.loop.step()
+    assert len(r.loop.batcher) == 20
+    r.run_all()
+    r.produce(range(200, 220))
+    r.loop.step()
+    assert len(r.loop.batcher) == 4

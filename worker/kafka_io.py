@@ -229,6 +229,16 @@ class KafkaPublisher:
         except KafkaError as exc:
             raise TransportError(f"producer: {type(exc).__name__}: {exc}") from exc
 
+    def warm(self, topics: Sequence[str], timeout_s: float) -> None:
+        """kafka-python fetches a topic's metadata on the first send to it (bounded by its own
+        `max_block_ms`, not `timeout_s`: the worker calls this on a thread of its own)."""
+        try:
+            producer = self._client()
+            for topic in topics:
+                producer.partitions_for(topic)
+        except Exception as exc:  # best effort (also a client closed meanwhile): the first send connects
+            log.info("producer warm-up: %s: %s (the first batch connects instead)", type(exc).__name__, exc)
+
     def send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
         try:
             delivery: Delivery = self._client().send(topic, key=key, value=value)

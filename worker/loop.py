@@ -211,6 +211,7 @@ class Loop:
         self._commit_failures = 0
         self._offline_wait = 0.0
         self._rejoining = False  # revoked, waiting for the next assignment
+        self._missed = True  # the last poll brought a cache miss (at start: as if it had)
         self._next_lag = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -411,12 +412,13 @@ class Loop:
         # rejoin stalls the whole group's rebalance.
         if self._tag_batches() < self.batching.max_in_flight and (left := self.batcher.time_left()) is not None:
             timeout_s = min(timeout_s, left)
-        # Misses are bounded by what the batch threads take next, hits by one hit batch. With no
-        # miss queued, one poll may bring a whole hit batch (it overfills the misses' bound at most
-        # once, when the records turn out to be misses).
+        # Misses are bounded by what the batch threads take next, hits by one hit batch. While the
+        # last poll brought hits only and no miss is queued, one poll may bring a whole hit batch
+        # (it overfills the misses' bound only when a stream of hits turns into misses).
         misses_room = self.batching.max_items * (self.batching.max_in_flight + 1) - len(self.batcher)
         hits_room = self.max_ready - len(self.ready)
-        room = max(1, hits_room if not len(self.batcher) else min(misses_room, hits_room))
+        hits_only = not len(self.batcher) and not self._missed
+        room = max(1, hits_room if hits_only else min(misses_room, hits_room))
         slots_taken = self._tag_batches() >= self.batching.max_in_flight
         if slots_taken and not self._rejoining and self.clock.wait(self.freed, timeout_s):
             # Every batch slot was taken, and a batch finished within the poll's timeout: the next
@@ -483,6 +485,7 @@ class Loop:
         """Decode; cache hits and dead letters are ready at once; misses are tokenized and batched."""
         decoded = self.decode(records, self.clock.now())
         hits, misses = self.lookup([d for d in decoded if isinstance(d, Parsed)])
+        self._missed = bool(misses)
         tokenized = self.tokenize(misses)
         hit_of = {id(t.record): t for t in hits}
         tokens_of = {id(p): v for p, v in zip(misses, tokenized, strict=True)}

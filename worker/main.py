@@ -7,6 +7,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 
@@ -139,6 +140,12 @@ def run(args: argparse.Namespace) -> int:
     # Two transports behind the same Protocols (worker/transport.py); README: which to pick when.
     confluent = k.client == "confluent"
     publisher = kafka_confluent.ConfluentPublisher(k) if confluent else kafka_io.KafkaPublisher(k)
+    # The producer connects and learns its topics while the consumer joins the group, not on the
+    # first batch (librdkafka's first flush took ~0.5 s otherwise; README "Which client").
+    topics = [k.output_topic, k.dlq_topic] + ([k.review_topic] if settings.review.enabled else [])
+    threading.Thread(
+        target=publisher.warm, args=(topics, k.bootstrap_timeout_s), name="producer-warm", daemon=True
+    ).start()
     connect = kafka_confluent.connect_consumer if confluent else kafka_io.connect_consumer
     shadow = None
     if shadow_engine is not None:

@@ -53,7 +53,12 @@ class KafkaSettings(_Section):
     max_poll_interval_ms: int = Field(
         300_000, ge=10_000, description="Max time between polls before the member is evicted."
     )
-    max_poll_records: int = Field(500, ge=1, le=100_000, description="Records returned by one poll.")
+    max_poll_records: int = Field(
+        2_000,
+        ge=1,
+        le=100_000,
+        description="Records returned by one poll (a batch of cache hits takes up to one poll).",
+    )
     poll_timeout_ms: int = Field(50, ge=1, le=5_000, description="How long one poll waits for records.")
     fetch_max_bytes: int = Field(52_428_800, ge=1_024, description="Max bytes per fetch response.")
     fetch_max_wait_ms: int = Field(

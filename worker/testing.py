@@ -189,6 +189,9 @@ class FakePublisher:
         self.max_message_bytes: int | None = None  # larger records are refused like a broker's limit
         self._lock = threading.Lock()
 
+    def warm(self, topics: Sequence[str], timeout_s: float) -> None:
+        self.warmed = list(topics)
+
     def send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
         d = FakeDelivery()
         with self._lock:

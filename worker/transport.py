@@ -135,6 +135,10 @@ class Publisher(Protocol):
     """Produce records with acks=all. `flush` waits at most `timeout_s` (so a shutdown can cut a
     stalled broker short by flushing in slices); `reset` replaces a broken client."""
 
+    def warm(self, topics: Sequence[str], timeout_s: float) -> None:
+        """Connect and learn the topics' partitions before the first batch needs them (best
+        effort, never raises: a failure leaves it to the first send, as without it)."""
+
     def send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
         """Queue one record; raises TransportError when it cannot even be queued."""
 
