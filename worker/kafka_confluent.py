@@ -80,8 +80,7 @@ def common_config(s: KafkaSettings) -> dict[str, Any]:
         # librdkafka's ranges: setup timeout >= 1 s, backoff <= 1 h.
         "socket.connection.setup.timeout.ms": max(1000, int(s.bootstrap_timeout_s * 1000)),
         "reconnect.backoff.max.ms": min(3_600_000, int(s.retry_backoff_max_s * 1000)),
-        # TCP_NODELAY, as kafka-python and the Java client set it (librdkafka leaves Nagle on): with
-        # Nagle, the tail of a large produce request waited for the broker's delayed ACK.
+        # TCP_NODELAY, as kafka-python and the Java client set it (librdkafka leaves Nagle on).
         "socket.nagle.disable": True,
         "logger": rdkafka_log,
         "log_level": _syslog_level(rdkafka_log),
