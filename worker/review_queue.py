@@ -88,10 +88,9 @@ class RouteReview:
         expected = basis.expected_facets(self.share)
         tagged_at = datetime.fromtimestamp(wall_time, UTC).isoformat().replace("+00:00", "Z")
         out = []
-        for o in outcomes:
-            if not isinstance(o, Tagged):
-                continue
-            self.metrics.review_considered.inc()
+        tagged = [o for o in outcomes if isinstance(o, Tagged)]
+        self.metrics.review_considered.inc(len(tagged))
+        for o in tagged:
             pid = o.record.product.product_id
             tags, near = o.result.scored()  # names and scores: a cache hit's evidence stays unparsed
             reasons = review_reasons(
