@@ -511,7 +511,7 @@ class ConfluentPublisher:
     def warm(self, topics: Sequence[str], timeout_s: float) -> None:
         """librdkafka learns a topic's partitions (and the idempotent producer its id) on the
         first produce to it: measured on Tansu, a new producer's first flush took ~510 ms, 10 ms
-        after this (README: "Which client")."""
+        after this (README: "What each change bought")."""
         try:
             producer = self._client()
             for topic in topics:

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     confluent = k.client == "confluent"
     publisher = kafka_confluent.ConfluentPublisher(k) if confluent else kafka_io.KafkaPublisher(k)
     # The producer connects and learns its topics while the consumer joins the group, not on the
-    # first batch (librdkafka's first flush took ~0.5 s otherwise; README "Which client").
+    # first batch (librdkafka's first flush took ~0.5 s otherwise; README "What each change bought").
     topics = [k.output_topic, k.dlq_topic] + ([k.review_topic] if settings.review.enabled else [])
     threading.Thread(
         target=publisher.warm, args=(topics, k.bootstrap_timeout_s), name="producer-warm", daemon=True
